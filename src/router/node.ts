@@ -1,0 +1,586 @@
+/**
+ * The Node runtime: workers with addresses and bounded mailboxes, source routing, access control,
+ * hand-off to transports, request/response, and ordered shutdown.
+ *
+ * Hop rule (as in Ockam): a worker that forwards pops itself off the onward route; a transport
+ * that receives a frame pushes its connection's local address onto the return route, so replies
+ * find the way back. There are no routing tables.
+ *
+ * Backpressure: a message that entered from the network remembers its producer (the
+ * connection). When any mailbox it reaches is full (or a connection it is written to cannot take
+ * more), that producer is paused until the destination drains. Producers count pauses.
+ *
+ * Every dropped message is counted by reason in `node.stats.drops`, logged, and emitted as a
+ * `drop` event — never silent.
+ *
+ * @module
+ */
+import { EventEmitter } from 'node:events'
+import { tlError, ThroughlineError } from '../errors.ts'
+import { type AccessControl, type FlowControl } from './access.ts'
+import { Address, type AddressLike, address, randomLocal } from './address.ts'
+import {
+  ADDRESS_TYPE,
+  DEFAULT_MAILBOX_CAPACITY,
+  DEFAULT_MAX_HEADER_SIZE,
+  DEFAULT_MAX_ROUTE_LENGTH,
+  DEFAULT_REQUEST_TIMEOUT_MS,
+  DEFAULT_STOP_GRACE_MS,
+  MAX_INLINE_DEPTH,
+} from './constants.ts'
+import { type Logger, debugLogger } from './logger.ts'
+import type { LocalInfo, Message, Producer } from './message.ts'
+import { type Route, routeToString } from './route.ts'
+
+/** A worker: handles the messages sent to any of its addresses, one at a time. */
+export interface Worker {
+  /** Handles one message. A returned promise is awaited before the next message is handled. */
+  handleMessage(ctx: WorkerContext, msg: Message): void | Promise<void>
+  /** Called once when the worker is stopped (node shutdown or `stopWorker`). */
+  onStop?(ctx: WorkerContext): void | Promise<void>
+}
+
+/**
+ * A synchronous sink (a transport connection's writer): takes each message at once and returns
+ * false when it cannot take more until it calls `ctx.drained()`.
+ */
+export interface SinkWorker {
+  readonly sink: true
+  handleMessage(ctx: WorkerContext, msg: Message): boolean
+  onStop?(ctx: WorkerContext): void | Promise<void>
+}
+
+/** Shutdown layers, stopped in this order. */
+export type Layer = 'app' | 'service' | 'channel' | 'transport'
+const LAYERS: readonly Layer[] = ['app', 'service', 'channel', 'transport']
+
+export interface WorkerOptions {
+  /** Checked for every message reaching one of the worker's addresses. */
+  incoming?: AccessControl
+  /** Checked for every message the worker sends or forwards. */
+  outgoing?: AccessControl
+  /** Reachable by network input of any flow (reply endpoints). Default false. */
+  acceptsNetwork?: boolean
+  /** Messages queued before producers are paused. Default {@link DEFAULT_MAILBOX_CAPACITY}. */
+  mailboxCapacity?: number
+  /** Shutdown layer. Default `app`. */
+  layer?: Layer
+}
+
+/** What a worker can do: send, forward, reply, and stop itself. */
+export interface WorkerContext {
+  readonly node: Node
+  /** The worker's first address. */
+  readonly address: Address
+  readonly addresses: readonly Address[]
+  /** Sends a new message (local origin) from this worker; the return route defaults to its address. */
+  send(onward: Route, payload: Uint8Array, options?: { returnRoute?: Route; local?: LocalInfo }): void
+  /** Sends `payload` back along `msg`'s return route. */
+  reply(msg: Message, payload: Uint8Array): void
+  /**
+   * Forwards a message on: pops this worker off the onward route (unless `onward` is given)
+   * and keeps its node-local metadata, so flow restrictions and backpressure carry on.
+   */
+  forward(msg: Message, changes?: { onward?: Route; return?: Route; local?: LocalInfo }): void
+  /** For sink workers: the sink can take messages again. */
+  drained(): void
+  /** Stops this worker. */
+  stop(): Promise<void>
+}
+
+/** A transport as the router sees it: it takes messages whose next hop is of its address type. */
+export interface RouterTransport {
+  readonly type: number
+  readonly name: string
+  /** Routes `msg`, whose `onward[0]` is of this transport's type. Drops through `node.drop()`. */
+  route(msg: Message): void
+  /** Closes listeners and connections. */
+  stop(): Promise<void>
+}
+
+/** Drop reasons, each counted in `node.stats.drops`. */
+export type DropReason =
+  | 'empty-route'
+  | 'no-such-address'
+  | 'no-transport'
+  | 'flow-denied'
+  | 'incoming-denied'
+  | 'outgoing-denied'
+  | 'worker-error'
+  | 'worker-stopped'
+  | 'decode-error'
+  | 'connection-failed'
+  | 'connection-closed'
+  | 'queue-full'
+  | 'node-stopped'
+  | (string & {})
+
+/** A `drop` event. */
+export interface DropEvent {
+  reason: DropReason
+  error: ThroughlineError | undefined
+  message: Message | undefined
+  /** Where it happened: a worker address, a connection, a listener. */
+  at: string | undefined
+}
+
+export interface NodeStats {
+  drops: Record<string, number>
+  delivered: number
+  workerErrors: number
+}
+
+export interface NodeLimits {
+  maxRouteLength: number
+  maxHeaderSize: number
+  mailboxCapacity: number
+}
+
+export interface NodeOptions {
+  /** A name for logs. */
+  name?: string
+  logger?: Logger
+  limits?: Partial<NodeLimits>
+  /** Time source (ms). Default `Date.now`. */
+  now?: () => number
+}
+
+class WorkerEntry {
+  readonly queue: Message[] = []
+  head = 0
+  running = false
+  scheduled = false
+  stopped = false
+  readonly waiting = new Set<Producer>()
+  ctx!: WorkerContext
+  idleWaiters: (() => void)[] = []
+  readonly worker: Worker | SinkWorker
+  readonly addresses: readonly Address[]
+  readonly options: WorkerOptions
+  readonly capacity: number
+  constructor(worker: Worker | SinkWorker, addresses: readonly Address[], options: WorkerOptions, capacity: number) {
+    this.worker = worker
+    this.addresses = addresses
+    this.options = options
+    this.capacity = capacity
+  }
+  get isSink(): boolean {
+    return (this.worker as SinkWorker).sink === true
+  }
+  get queued(): number {
+    return this.queue.length - this.head
+  }
+}
+
+function isThenable(v: unknown): v is PromiseLike<unknown> {
+  return v !== null && typeof v === 'object' && typeof (v as { then?: unknown }).then === 'function'
+}
+
+const EMPTY_LOCAL: LocalInfo = Object.freeze({}) as LocalInfo
+
+/**
+ * A throughline node. Create, `start()`, add transports and workers, `send()`, and `stop()`.
+ *
+ * Events: `drop` ({@link DropEvent}), `connection-open` / `connection-closed` (the connection's
+ * local Address).
+ */
+export class Node extends EventEmitter {
+  readonly name: string
+  readonly logger: Logger
+  readonly limits: NodeLimits
+  readonly stats: NodeStats = { drops: {}, delivered: 0, workerErrors: 0 }
+  readonly now: () => number
+  #workers = new Map<string, WorkerEntry>()
+  #transports = new Map<number, RouterTransport>()
+  #state: 'new' | 'running' | 'stopping' | 'stopped' = 'new'
+  #depth = 0
+  #pendingRequests = new Set<(err: Error) => void>()
+
+  constructor(options: NodeOptions = {}) {
+    super()
+    this.name = options.name ?? 'node'
+    this.logger = options.logger ?? debugLogger('throughline')
+    this.limits = {
+      maxRouteLength: options.limits?.maxRouteLength ?? DEFAULT_MAX_ROUTE_LENGTH,
+      maxHeaderSize: options.limits?.maxHeaderSize ?? DEFAULT_MAX_HEADER_SIZE,
+      mailboxCapacity: options.limits?.mailboxCapacity ?? DEFAULT_MAILBOX_CAPACITY,
+    }
+    this.now = options.now ?? Date.now
+  }
+
+  /** Starts the node. Idempotent. */
+  async start(): Promise<this> {
+    if (this.#state === 'new') this.#state = 'running'
+    return this
+  }
+
+  get running(): boolean {
+    return this.#state === 'running'
+  }
+
+  #assertRunning(): void {
+    if (this.#state !== 'running') throw tlError('ERR_NOT_STARTED', `node ${this.name} is ${this.#state}`)
+  }
+
+  // ------------------------------------------------------------------ transports
+
+  /** Registers the transport that handles addresses of `transport.type`. */
+  addTransport(transport: RouterTransport): void {
+    if (this.#transports.has(transport.type)) {
+      throw tlError('ERR_ADDRESS_IN_USE', `a transport for address type ${transport.type} is already registered`)
+    }
+    this.#transports.set(transport.type, transport)
+  }
+
+  /** The transport registered for an address type. */
+  transport(type: number): RouterTransport | undefined {
+    return this.#transports.get(type)
+  }
+
+  // ------------------------------------------------------------------ workers
+
+  /**
+   * Starts a worker on one or more addresses (names, `type#value` texts or Addresses; local only).
+   * Returns the worker's context.
+   */
+  startWorker(addresses: AddressLike | readonly AddressLike[], worker: Worker | SinkWorker, options: WorkerOptions = {}): WorkerContext {
+    this.#assertRunning()
+    const list = (Array.isArray(addresses) ? addresses : [addresses]).map((a: AddressLike) => address(a))
+    if (list.length === 0) throw tlError('ERR_INVALID_ARGUMENT', 'a worker needs at least one address')
+    for (const a of list) {
+      if (a.type !== ADDRESS_TYPE.LOCAL) throw tlError('ERR_INVALID_ARGUMENT', `worker address ${a.text} is not local (type 0)`)
+      if (this.#workers.has(a.text)) throw tlError('ERR_ADDRESS_IN_USE', `address ${a.text} is already taken`)
+    }
+    const entry = new WorkerEntry(worker, list, options, options.mailboxCapacity ?? this.limits.mailboxCapacity)
+    entry.ctx = this.#makeContext(entry)
+    for (const a of list) this.#workers.set(a.text, entry)
+    return entry.ctx
+  }
+
+  /** True if a worker has this address. */
+  hasWorker(a: AddressLike): boolean {
+    return this.#workers.has(address(a).text)
+  }
+
+  /** Stops the worker that has `a` (all its addresses). */
+  async stopWorker(a: AddressLike): Promise<void> {
+    const entry = this.#workers.get(address(a).text)
+    if (entry === undefined) return
+    await this.#stopEntry(entry)
+  }
+
+  async #stopEntry(entry: WorkerEntry): Promise<void> {
+    if (entry.stopped) return
+    entry.stopped = true
+    for (const a of entry.addresses) if (this.#workers.get(a.text) === entry) this.#workers.delete(a.text)
+    // messages still queued are dropped, counted
+    for (let i = entry.head; i < entry.queue.length; i++) {
+      this.drop('worker-stopped', undefined, entry.queue[i], entry.addresses[0]!.text)
+    }
+    entry.queue.length = 0
+    entry.head = 0
+    this.#release(entry)
+    if (entry.running) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, DEFAULT_STOP_GRACE_MS)
+        entry.idleWaiters.push(() => {
+          clearTimeout(t)
+          resolve()
+        })
+      })
+    }
+    try {
+      await entry.worker.onStop?.(entry.ctx)
+    } catch (err) {
+      this.logger.warn('worker onStop failed', { worker: entry.addresses[0]!.text, error: err })
+    }
+  }
+
+  #makeContext(entry: WorkerEntry): WorkerContext {
+    const primary = entry.addresses[0]!
+    const outgoing = (msg: Message): boolean => {
+      if (entry.options.outgoing !== undefined && !entry.options.outgoing(msg, primary)) {
+        this.drop('outgoing-denied', tlError('ERR_ACCESS_DENIED', `outgoing access control of ${primary.text} refused a message to ${msg.onward[0]?.text}`), msg, primary.text)
+        return false
+      }
+      return true
+    }
+    return {
+      node: this,
+      address: primary,
+      addresses: entry.addresses,
+      send: (onward, payload, options) => {
+        const msg: Message = { onward, return: options?.returnRoute ?? [primary], payload, local: options?.local ?? EMPTY_LOCAL }
+        if (outgoing(msg)) this.route(msg)
+      },
+      reply: (msg, payload) => {
+        const out: Message = { onward: msg.return, return: [primary], payload, local: EMPTY_LOCAL }
+        if (outgoing(out)) this.route(out)
+      },
+      forward: (msg, changes) => {
+        const out: Message = {
+          onward: changes?.onward ?? msg.onward.slice(1),
+          return: changes?.return ?? msg.return,
+          payload: msg.payload,
+          local: changes?.local ?? msg.local,
+        }
+        if (outgoing(out)) this.route(out)
+      },
+      drained: () => this.#release(entry),
+      stop: () => this.#stopEntry(entry),
+    }
+  }
+
+  // ------------------------------------------------------------------ routing
+
+  /**
+   * Sends a message of local origin. `from` is used as the return route (default: none, so a
+   * reply is impossible); see {@link request} for request/response.
+   */
+  send(onward: Route, payload: Uint8Array, options: { returnRoute?: Route; local?: LocalInfo } = {}): void {
+    this.#assertRunning()
+    this.route({ onward, return: options.returnRoute ?? [], payload, local: options.local ?? EMPTY_LOCAL })
+  }
+
+  /** Routes a message by its next hop. Drops (counted, logged) what cannot be routed. */
+  route(msg: Message): void {
+    if (this.#state !== 'running') {
+      this.drop('node-stopped', tlError('ERR_STOPPED', `node ${this.name} is ${this.#state}`), msg, undefined)
+      return
+    }
+    const next = msg.onward[0]
+    if (next === undefined) {
+      this.drop('empty-route', tlError('ERR_ROUTE_EMPTY', 'message has an empty onward route'), msg, undefined)
+      return
+    }
+    if (msg.onward.length > this.limits.maxRouteLength || msg.return.length > this.limits.maxRouteLength) {
+      this.drop('route-too-long', tlError('ERR_ROUTE_TOO_LONG', `route longer than ${this.limits.maxRouteLength} hops`), msg, next.text)
+      return
+    }
+    const flow = msg.local.flow
+    if (next.type !== ADDRESS_TYPE.LOCAL) {
+      if (flow !== undefined) {
+        this.drop('flow-denied', tlError('ERR_ACCESS_DENIED', `network input (${flow.id}) may not open connections (to ${next.text})`), msg, next.text)
+        return
+      }
+      const transport = this.#transports.get(next.type)
+      if (transport === undefined) {
+        this.drop('no-transport', tlError('ERR_NO_TRANSPORT', `no transport for address type ${next.type} (${next.text})`), msg, next.text)
+        return
+      }
+      transport.route(msg)
+      return
+    }
+    const entry = this.#workers.get(next.text)
+    if (entry === undefined) {
+      this.drop('no-such-address', tlError('ERR_NO_SUCH_ADDRESS', `no worker at ${next.text}`), msg, next.text)
+      return
+    }
+    if (flow !== undefined && !entry.options.acceptsNetwork && !flow.allows(next) && !(flow.transit && entry.options.layer === 'transport')) {
+      this.drop('flow-denied', tlError('ERR_ACCESS_DENIED', `${flow.id} does not allow ${next.text}`), msg, next.text)
+      return
+    }
+    if (entry.options.incoming !== undefined && !entry.options.incoming(msg, next)) {
+      this.drop('incoming-denied', tlError('ERR_ACCESS_DENIED', `incoming access control of ${next.text} refused the message`), msg, next.text)
+      return
+    }
+    this.#enqueue(entry, msg)
+  }
+
+  #enqueue(entry: WorkerEntry, msg: Message): void {
+    if (entry.isSink) {
+      this.stats.delivered++
+      let ok: boolean
+      try {
+        ok = (entry.worker as SinkWorker).handleMessage(entry.ctx, msg)
+      } catch (err) {
+        this.#workerError(entry, err, msg)
+        return
+      }
+      if (!ok) this.#pressure(entry, msg)
+      return
+    }
+    if (!entry.running && entry.queued === 0 && this.#depth < MAX_INLINE_DEPTH) {
+      this.#run(entry, msg)
+      return
+    }
+    entry.queue.push(msg)
+    if (entry.queued >= entry.capacity) this.#pressure(entry, msg)
+    this.#schedule(entry)
+  }
+
+  #pressure(entry: WorkerEntry, msg: Message): void {
+    const p = msg.local.producer
+    if (p !== undefined && !entry.waiting.has(p)) {
+      entry.waiting.add(p)
+      p.pause()
+    }
+  }
+
+  #release(entry: WorkerEntry): void {
+    if (entry.waiting.size === 0) return
+    const list = [...entry.waiting]
+    entry.waiting.clear()
+    for (const p of list) p.resume()
+  }
+
+  #schedule(entry: WorkerEntry): void {
+    if (entry.scheduled || entry.running) return
+    entry.scheduled = true
+    setImmediate(() => {
+      entry.scheduled = false
+      this.#drain(entry)
+    })
+  }
+
+  #drain(entry: WorkerEntry): void {
+    while (!entry.running && entry.queued > 0 && !entry.stopped) {
+      const msg = entry.queue[entry.head]!
+      entry.queue[entry.head++] = undefined as unknown as Message
+      if (entry.head > 1024 && entry.head * 2 > entry.queue.length) {
+        entry.queue.splice(0, entry.head)
+        entry.head = 0
+      }
+      this.#run(entry, msg)
+    }
+    if (entry.queued === 0) {
+      entry.queue.length = 0
+      entry.head = 0
+    }
+    if (entry.queued <= entry.capacity >> 1) this.#release(entry)
+    if (!entry.running && entry.queued === 0 && entry.idleWaiters.length > 0) {
+      const w = entry.idleWaiters
+      entry.idleWaiters = []
+      for (const f of w) f()
+    }
+  }
+
+  #run(entry: WorkerEntry, msg: Message): void {
+    this.stats.delivered++
+    let r: unknown
+    this.#depth++
+    try {
+      r = (entry.worker as Worker).handleMessage(entry.ctx, msg)
+    } catch (err) {
+      this.#workerError(entry, err, msg)
+      return
+    } finally {
+      this.#depth--
+    }
+    if (isThenable(r)) {
+      entry.running = true
+      r.then(
+        () => this.#settled(entry),
+        (err: unknown) => {
+          this.#workerError(entry, err, msg)
+          this.#settled(entry)
+        },
+      )
+    }
+  }
+
+  #settled(entry: WorkerEntry): void {
+    entry.running = false
+    if (entry.queued > 0) this.#schedule(entry)
+    else this.#drain(entry)
+  }
+
+  #workerError(entry: WorkerEntry, err: unknown, msg: Message): void {
+    this.stats.workerErrors++
+    const e = err instanceof ThroughlineError ? err : undefined
+    this.drop('worker-error', e, msg, entry.addresses[0]!.text)
+    this.logger.warn('worker failed on a message', { worker: entry.addresses[0]!.text, error: err })
+  }
+
+  /**
+   * Counts, logs and emits a dropped message. Transports and services call this too, so that
+   * every drop in the node is visible in one place.
+   */
+  drop(reason: DropReason, error: ThroughlineError | undefined, message: Message | undefined, at: string | undefined): void {
+    this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + 1
+    this.logger.warn('dropped', {
+      reason,
+      at,
+      code: error?.code,
+      error: error?.message,
+      onward: message === undefined ? undefined : routeToString(message.onward),
+    })
+    if (this.listenerCount('drop') > 0) this.emit('drop', { reason, error, message, at } satisfies DropEvent)
+  }
+
+  /** Total number of drops, all reasons. */
+  dropCount(reason?: string): number {
+    if (reason !== undefined) return this.stats.drops[reason] ?? 0
+    let n = 0
+    for (const v of Object.values(this.stats.drops)) n += v
+    return n
+  }
+
+  // ------------------------------------------------------------------ request / response
+
+  /**
+   * Sends `payload` along `onward` from a fresh reply address and resolves with the first
+   * message that comes back. Rejects with ERR_TIMEOUT, ERR_ABORTED, ERR_STOPPED, or at once with
+   * the error of a local drop of the request (e.g. ERR_CONNECTION_REFUSED for an unreachable
+   * first hop).
+   */
+  request(onward: Route, payload: Uint8Array, options: { timeout?: number; signal?: AbortSignal; local?: LocalInfo } = {}): Promise<Message> {
+    this.#assertRunning()
+    const timeoutMs = options.timeout ?? DEFAULT_REQUEST_TIMEOUT_MS
+    const signal = options.signal
+    if (signal?.aborted) return Promise.reject(tlError('ERR_ABORTED', 'request aborted before it was sent', { cause: signal.reason }))
+    return new Promise<Message>((resolve, reject) => {
+      const replyAddr = randomLocal()
+      let done = false
+      const finish = (err: Error | undefined, msg?: Message): void => {
+        if (done) return
+        done = true
+        clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
+        this.off('drop', onDrop)
+        this.#pendingRequests.delete(fail)
+        void this.stopWorker(replyAddr)
+        if (err !== undefined) reject(err)
+        else resolve(msg!)
+      }
+      const fail = (err: Error): void => finish(err)
+      const onAbort = (): void => finish(tlError('ERR_ABORTED', 'request aborted', { cause: signal?.reason }))
+      const onDrop = (ev: DropEvent): void => {
+        const m = ev.message
+        if (m !== undefined && m.return[0] === replyAddr && ev.error !== undefined) finish(ev.error)
+      }
+      const timer = setTimeout(
+        () => finish(tlError('ERR_TIMEOUT', `no reply from ${routeToString(onward)} within ${timeoutMs} ms`)),
+        timeoutMs,
+      )
+      signal?.addEventListener('abort', onAbort, { once: true })
+      this.on('drop', onDrop)
+      this.#pendingRequests.add(fail)
+      this.startWorker(replyAddr, { handleMessage: (_ctx, msg) => finish(undefined, msg) }, { acceptsNetwork: true })
+      this.route({ onward, return: [replyAddr], payload, local: options.local ?? EMPTY_LOCAL })
+    })
+  }
+
+  // ------------------------------------------------------------------ shutdown
+
+  /**
+   * Ordered shutdown: application workers, then services, then channels (so they can still
+   * send Close), then transport connections, then the transports themselves.
+   */
+  async stop(): Promise<void> {
+    if (this.#state === 'stopped' || this.#state === 'stopping') return
+    if (this.#state === 'new') {
+      this.#state = 'stopped'
+      return
+    }
+    for (const fail of [...this.#pendingRequests]) fail(tlError('ERR_STOPPED', `node ${this.name} stopped`))
+    for (const layer of LAYERS) {
+      const entries = new Set<WorkerEntry>()
+      for (const e of this.#workers.values()) if ((e.options.layer ?? 'app') === layer) entries.add(e)
+      await Promise.all([...entries].map((e) => this.#stopEntry(e)))
+    }
+    this.#state = 'stopping'
+    await Promise.all([...this.#transports.values()].map((t) => t.stop()))
+    this.#state = 'stopped'
+  }
+}

@@ -1,0 +1,7 @@
+/**
+ * Services: echo and relay.
+ *
+ * @module
+ */
+export * from './echo.ts'
+export * from './relay.ts'

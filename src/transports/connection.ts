@@ -1,0 +1,211 @@
+/**
+ * A router connection over a {@link Link}: a sink worker at a random local address.
+ *
+ * - Outbound: a message routed to the connection (by its local address, or by the transport
+ *   peer address) loses its first hop and is written as one frame; the head is encoded once and
+ *   the payload is written as it is (never copied).
+ * - Inbound: each frame is decoded; the connection's local address is pushed onto the return
+ *   route, and the message carries the connection's flow control (deny by default) and the
+ *   connection itself as producer for backpressure.
+ * - One bad frame closes this connection only, with a typed, logged error.
+ * - Heartbeats when idle on the send side; ERR_IDLE_TIMEOUT when nothing arrives.
+ *
+ * @module
+ */
+import { tlError, type ThroughlineError, isThroughlineError } from '../errors.ts'
+import type { FlowControl } from '../router/access.ts'
+import { type Address, randomLocal } from '../router/address.ts'
+import { type CodecLimits, decodeEnvelope, encodeHead } from '../router/codec.ts'
+import type { Logger } from '../router/logger.ts'
+import type { Message, Producer } from '../router/message.ts'
+import type { Node, SinkWorker, WorkerContext } from '../router/node.ts'
+import type { Link } from './types.ts'
+
+export interface ConnectionOptions {
+  transport: string
+  /** Peer key in the registry (`host:port`), for logs and events. */
+  peer: string
+  /** Did this node dial (true) or accept (false)? */
+  dialled: boolean
+  flow: FlowControl
+  heartbeatInterval: number
+  idleTimeout: number
+  maxFrameSize: number
+  logger: Logger
+}
+
+/** Details of a `connection-open` / `connection-closed` node event. */
+export interface ConnectionEvent {
+  address: Address
+  transport: string
+  peer: string
+  dialled: boolean
+  error?: ThroughlineError | undefined
+}
+
+export class Connection implements Producer, SinkWorker {
+  readonly sink = true as const
+  readonly address: Address
+  readonly link: Link
+  readonly node: Node
+  readonly options: ConnectionOptions
+  #ctx: WorkerContext | undefined
+  #limits: CodecLimits
+  #paused = 0
+  #closed = false
+  #lastSent = 0
+  #lastReceived = 0
+  #timer: NodeJS.Timeout | undefined
+  #closeListeners: ((err?: ThroughlineError) => void)[] = []
+  /** Frames and bytes seen, for diagnostics. */
+  readonly counters = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0 }
+
+  constructor(node: Node, link: Link, options: ConnectionOptions) {
+    this.node = node
+    this.link = link
+    this.options = options
+    this.address = randomLocal()
+    this.#limits = { maxHeaderSize: node.limits.maxHeaderSize, maxRouteLength: node.limits.maxRouteLength }
+    this.#lastSent = this.#lastReceived = node.now()
+    link.onFrame = (f) => this.#onFrame(f)
+    link.onClose = (e) => this.#onLinkClose(e)
+    link.onDrain = () => this.#ctx?.drained()
+  }
+
+  get flow(): FlowControl {
+    return this.options.flow
+  }
+
+  get closed(): boolean {
+    return this.#closed
+  }
+
+  /** Registers the connection as a worker and starts its timers. */
+  open(): this {
+    this.#ctx = this.node.startWorker(this.address, this, { layer: 'transport' })
+    const { heartbeatInterval, idleTimeout } = this.options
+    const tick = Math.min(heartbeatInterval || Infinity, idleTimeout || Infinity)
+    if (Number.isFinite(tick)) {
+      this.#timer = setInterval(() => this.#onTick(), Math.max(10, Math.floor(tick / 2)))
+      this.#timer.unref()
+    }
+    this.node.emit('connection-open', this.#event())
+    return this
+  }
+
+  #event(error?: ThroughlineError): ConnectionEvent {
+    return { address: this.address, transport: this.options.transport, peer: this.options.peer, dialled: this.options.dialled, error }
+  }
+
+  /** Calls `f` once when the connection closes. */
+  onClose(f: (err?: ThroughlineError) => void): void {
+    if (this.#closed) f()
+    else this.#closeListeners.push(f)
+  }
+
+  #onTick(): void {
+    const now = this.node.now()
+    const { heartbeatInterval, idleTimeout } = this.options
+    if (idleTimeout > 0 && now - this.#lastReceived >= idleTimeout) {
+      this.close(tlError('ERR_IDLE_TIMEOUT', `nothing received from ${this.link.remote} for ${idleTimeout} ms`))
+      return
+    }
+    if (heartbeatInterval > 0 && now - this.#lastSent >= heartbeatInterval) {
+      this.#lastSent = now
+      this.link.writeHeartbeat()
+    }
+  }
+
+  // ---------------------------------------------------------------- outbound (SinkWorker)
+
+  /** Writes `msg` (its first hop is this connection) as one frame. */
+  handleMessage(_ctx: WorkerContext, msg: Message): boolean {
+    return this.send(msg)
+  }
+
+  /** Writes `msg` after popping its first hop. Returns false when the link is full. */
+  send(msg: Message): boolean {
+    if (this.#closed) {
+      this.node.drop('connection-closed', tlError('ERR_CONNECTION_CLOSED', `connection to ${this.link.remote} is closed`), msg, this.address.text)
+      return true
+    }
+    const head = encodeHead(msg.onward.slice(1), msg.return, this.link.headReserve)
+    const size = head.length - this.link.headReserve + msg.payload.length
+    if (size > this.options.maxFrameSize) {
+      this.node.drop('frame-too-large', tlError('ERR_FRAME_TOO_LARGE', `message of ${size} bytes is over the ${this.options.maxFrameSize}-byte frame limit`), msg, this.address.text)
+      return true
+    }
+    this.counters.framesOut++
+    this.counters.bytesOut += size
+    this.#lastSent = this.node.now()
+    return this.link.writeFrame(head, msg.payload)
+  }
+
+  // ---------------------------------------------------------------- inbound
+
+  #onFrame(frame: Uint8Array): void {
+    if (this.#closed) return
+    this.#lastReceived = this.node.now()
+    if (frame.length === 0) return // heartbeat
+    this.counters.framesIn++
+    this.counters.bytesIn += frame.length
+    let env
+    try {
+      env = decodeEnvelope(frame, this.#limits)
+    } catch (err) {
+      const e = isThroughlineError(err) ? err : tlError('ERR_MALFORMED_ENVELOPE', String(err), { cause: err })
+      this.node.drop('decode-error', e, undefined, this.address.text)
+      this.close(e)
+      return
+    }
+    const ret = [this.address]
+    for (const a of env.return) ret.push(a)
+    this.node.route({
+      onward: env.onward,
+      return: ret,
+      payload: env.payload,
+      local: { flow: this.options.flow, producer: this, connection: this.address },
+    })
+  }
+
+  // ---------------------------------------------------------------- producer (backpressure)
+
+  pause(): void {
+    if (this.#paused++ === 0) this.link.pause()
+  }
+
+  resume(): void {
+    if (this.#paused === 0) return
+    if (--this.#paused === 0) this.link.resume()
+  }
+
+  // ---------------------------------------------------------------- close
+
+  /** Node shutdown: the connection is closed. */
+  onStop(): void {
+    this.close()
+  }
+
+  /** Closes the connection; a typed error says why (it is logged). */
+  close(error?: ThroughlineError): void {
+    if (this.#closed) return
+    this.link.close(error)
+    this.#onLinkClose(error)
+  }
+
+  #onLinkClose(error?: ThroughlineError): void {
+    if (this.#closed) return
+    this.#closed = true
+    if (this.#timer !== undefined) clearInterval(this.#timer)
+    if (error !== undefined) {
+      this.options.logger.warn('connection closed with an error', { peer: this.link.remote, code: error.code, error: error.message })
+    } else {
+      this.options.logger.debug('connection closed', { peer: this.link.remote })
+    }
+    void this.node.stopWorker(this.address)
+    this.node.emit('connection-closed', this.#event(error))
+    const ls = this.#closeListeners
+    this.#closeListeners = []
+    for (const f of ls) f(error)
+  }
+}

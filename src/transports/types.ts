@@ -1,0 +1,78 @@
+/**
+ * The contract between the router and a transport's byte-level links.
+ *
+ * A transport turns a peer address into a {@link Link}: something that sends and receives whole
+ * frames (each one message envelope) and can be paused. The shared {@link Connection} turns a
+ * link into a router connection (a sink worker with a local address, flow control, heartbeats,
+ * idle timeout), and {@link BaseTransport} adds the connection registry, dial de-duplication
+ * and reconnects. TCP, WebSocket, serial and memory transports only implement links.
+ *
+ * @module
+ */
+import type { ThroughlineError } from '../errors.ts'
+
+/** A frame-level duplex to one peer. */
+export interface Link {
+  /** Bytes the link wants free at the start of each frame head (e.g. 4 for a TCP length). */
+  readonly headReserve: number
+  /** Human description of the peer (`127.0.0.1:53311`). */
+  readonly remote: string
+  /**
+   * Writes one frame: `head` (whose first `headReserve` bytes are the link's to fill) followed
+   * by `payload`. Returns false when the link's buffer is full: wait for `onDrain`.
+   */
+  writeFrame(head: Buffer, payload: Uint8Array): boolean
+  /** Writes an empty (heartbeat) frame. */
+  writeHeartbeat(): void
+  /** Stops / restarts delivery of received frames (counted by the Connection, not here). */
+  pause(): void
+  resume(): void
+  /** Closes the link; `onClose` follows once. */
+  close(error?: ThroughlineError): void
+  /** Set by the Connection: a received frame (empty = heartbeat). May be a view into a chunk. */
+  onFrame: (frame: Uint8Array) => void
+  /** Set by the Connection: the link closed (with the error that closed it, if any). */
+  onClose: (error?: ThroughlineError) => void
+  /** Set by the Connection: the link can take writes again. */
+  onDrain: () => void
+}
+
+/** Options common to every transport. */
+export interface TransportOptions {
+  /** Largest frame (message envelope) in bytes. Default 1 MiB. */
+  maxFrameSize?: number
+  /** Send a heartbeat when nothing was sent for this long (ms); 0 disables. Default 10 s. */
+  heartbeatInterval?: number
+  /** Close a connection on which nothing arrived for this long (ms); 0 disables. Default 35 s. */
+  idleTimeout?: number
+  /** Dial timeout (ms). Default 10 s. */
+  connectTimeout?: number
+  /** Re-dial backoff of persistent connections (ms). */
+  reconnectInitialDelay?: number
+  reconnectMaxDelay?: number
+  /** Messages queued while a connection is being dialled. */
+  maxPendingMessages?: number
+  /** Inbound connections a listener keeps. */
+  maxInboundConnections?: number
+}
+
+/** Options of `listen()`. */
+export interface ListenOptions {
+  /**
+   * Local addresses that messages arriving on this listener's connections may reach
+   * (names, `0#name`, or prefixes ending in `*`). Default: none (deny all).
+   */
+  allow?: Iterable<string>
+  /** May messages from this listener be routed on through the node's other connections (relay)? */
+  transit?: boolean
+  signal?: AbortSignal
+}
+
+/** Options of `connect()`. */
+export interface ConnectOptions {
+  /** Local addresses that messages arriving on this connection may reach. Default: none. */
+  allow?: Iterable<string>
+  /** Keep the connection: re-dial with exponential backoff whenever it is lost. */
+  persistent?: boolean
+  signal?: AbortSignal
+}

@@ -181,6 +181,7 @@ export abstract class BaseTransport implements RouterTransport {
     entry.promise = (async () => {
       let link: Link
       try {
+        if (combined.aborted) throw combined.reason
         link = await this.dialLink(peer, combined)
       } catch (err) {
         let e: ThroughlineError

@@ -255,7 +255,6 @@ export class RelayClient extends EventEmitter {
     if (this.#stopped) return
     clearTimeout(this.#timer)
     this.#timer = setTimeout(() => void this.#attempt(), ms)
-    this.#timer.unref?.()
   }
 
   #handle(ctx: WorkerContext, msg: Message): void {

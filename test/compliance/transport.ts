@@ -114,7 +114,7 @@ export async function transportCompliance(t: Test, tut: TransportUnderTest): Pro
     const { server, client, peer } = await setup(t, { allow: [] })
     const drops: DropEvent[] = []
     server.on('drop', (e: DropEvent) => drops.push(e))
-    server.startWorker('secret', { handleMessage: () => t.fail('must not be reached') })
+    server.startWorker('secret', { handleMessage: () => { t.fail('must not be reached') } })
     client.send([peer, ...route('secret')], Buffer.from('x'))
     await until(() => drops.length === 1, 5000, 'the drop')
     t.equal(drops[0]!.reason, 'flow-denied')
@@ -180,7 +180,7 @@ export async function transportCompliance(t: Test, tut: TransportUnderTest): Pro
     t.equal(seen[0]!.return[1]!.text, '0#me')
     t.ok(seen[0]!.local.flow, 'the flow restriction travels with a forwarded message')
     // and so a forward cannot reach what the listener does not allow
-    server.startWorker('inner', { handleMessage: () => t.fail('must not be reached') })
+    server.startWorker('inner', { handleMessage: () => { t.fail('must not be reached') } })
     const drops: DropEvent[] = []
     server.on('drop', (e: DropEvent) => drops.push(e))
     client.send([peer, ...route('hop', 'inner')], Buffer.from('x'))

@@ -1,0 +1,18 @@
+// The numbered examples are part of the test suite: each one's main() runs and its output is checked.
+import t from 'tap'
+import { main as echoOverTcp } from '../examples/01-echo-over-tcp.ts'
+import { main as relayTwoHops } from '../examples/02-relay-two-hops.ts'
+
+t.test('01-echo-over-tcp', async (t) => {
+  const lines: string[] = []
+  t.equal(await echoOverTcp((l) => lines.push(l)), 'hello')
+  t.match(lines[0], /^server listening on tcp 127\.0\.0\.1:\d+$/)
+  t.equal(lines[1], 'client got "hello" back')
+})
+
+t.test('02-relay-two-hops (the README demo)', async (t) => {
+  const lines: string[] = []
+  t.same(await relayTwoHops((l) => lines.push(l)), ['hello', 'from the app', 'through the relay'])
+  t.match(lines.join('\n'), /device registered; the relay forwards forward_to_device to it/)
+  t.equal(lines.at(-1), 'done')
+})

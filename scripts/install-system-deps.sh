@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs, as root or through sudo.
-# (Later layers add socat for serial tests and swtpm for TPM tests to PACKAGES.)
+# socat makes the pseudo-terminal pairs of the serial transport tests.
+# (The TPM layer adds swtpm.)
 set -euo pipefail
-PACKAGES=()
+PACKAGES=(socat)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -55,6 +55,16 @@ export const ERROR_CODES = {
   ERR_KEY_DESTROYED: 'a CipherState was used after destroy() wiped its key',
   ERR_REPLAY: 'a message counter was already seen, is older than the replay window, or is at the reject limit',
 
+  // ---- channel: identities and secure channels ----
+  ERR_IDENTITY_INVALID: 'an identity, identity file or key binding is malformed, expired or does not verify',
+  ERR_IDENTITY_EXISTS: 'an identity of that name exists already',
+  ERR_IDENTITY_NOT_FOUND: 'no identity of that name',
+  ERR_TRUST_POLICY: "the peer's identity is not trusted by the trust policy",
+  ERR_CHANNEL_CLOSED: 'the secure channel is closed (the error says why and which side closed it)',
+  ERR_HANDSHAKE_TIMEOUT: 'a secure channel handshake did not complete in time',
+  ERR_HANDSHAKE_LIMIT: 'a secure channel listener has too many half-open handshakes',
+  ERR_CHANNEL_MESSAGE: 'a secure channel message is malformed',
+
   // ---- cli ----
   ERR_CLI_USAGE: 'the command line is not valid',
 } as const

@@ -2,6 +2,7 @@
 import t from 'tap'
 import { main as echoOverTcp } from '../examples/01-echo-over-tcp.ts'
 import { main as relayTwoHops } from '../examples/02-relay-two-hops.ts'
+import { main as secureThroughRelay } from '../examples/03-secure-channel-through-relay.ts'
 
 t.test('01-echo-over-tcp', async (t) => {
   const lines: string[] = []
@@ -10,9 +11,18 @@ t.test('01-echo-over-tcp', async (t) => {
   t.equal(lines[1], 'client got "hello" back')
 })
 
-t.test('02-relay-two-hops (the README demo)', async (t) => {
+t.test('02-relay-two-hops', async (t) => {
   const lines: string[] = []
   t.same(await relayTwoHops((l) => lines.push(l)), ['hello', 'from the app', 'through the relay'])
   t.match(lines.join('\n'), /device registered; the relay forwards forward_to_device to it/)
+  t.equal(lines.at(-1), 'done')
+})
+
+t.test('03-secure-channel-through-relay (the README demo)', async (t) => {
+  const lines: string[] = []
+  const r = await secureThroughRelay((l) => lines.push(l))
+  t.same(r.replies, ['hello device', 'heart rate 72 bpm', 'goodbye'])
+  t.ok(r.relayBytes > 0, 'the relay carried the traffic')
+  t.equal(r.plaintextSeenByRelay, false, 'and saw none of it in the clear')
   t.equal(lines.at(-1), 'done')
 })

@@ -19,10 +19,15 @@ import { type ParseArgsConfig, parseArgs } from 'node:util'
 import { type ErrorCode, isThroughlineError, ThroughlineError, tlError } from '../errors.ts'
 import { type Logger, lineLogger, silentLogger } from '../router/logger.ts'
 import { Node } from '../router/node.ts'
-import { parseRoute, printRoute } from '../router/route.ts'
+import { parseRoute, parseRouteSegments } from '../router/route.ts'
 import { startEcho } from '../services/echo.ts'
 import { FORWARDER_PREFIX, RELAY_ADDRESS, RelayClient, RelayService } from '../services/relay.ts'
 import { TcpTransport } from '../transports/tcp.ts'
+import { IdentityStore, SoftwareIdentity, defaultHome } from '../channel/identity.ts'
+import { resolveRoute } from '../channel/resolve.ts'
+import { SecureChannels } from '../channel/secure-channel.ts'
+import { type TrustPolicy, trustAny, trustIdentifiers } from '../channel/trust.ts'
+import '../channel/index.ts'
 
 /** Where the command writes, and how it is told to stop (tests pass their own). */
 export interface CliIO {
@@ -36,13 +41,21 @@ export interface CliIO {
 
 const USAGE = `usage:
   throughline node start [--tcp HOST:PORT]... [--relay-at ROUTE --relay-name NAME] [--name NAME]
-                         [--allow NAME]... [--log-level debug|info|warn|error|silent]
-      Runs a node in the foreground with the echo and relay services.
-      Prints "listening tcp HOST:PORT" per listener and "relay registered NAME" after each
-      successful relay registration. Stops on SIGINT/SIGTERM.
-  throughline send --to ROUTE [--timeout MS] MESSAGE
-      Sends MESSAGE (UTF-8) along ROUTE and prints the reply.
-      ROUTE example: /tcp/127.0.0.1:4000/service/forward_to_d/service/echo
+                         [--identity NAME --secure-listener [--trust ID]...]
+                         [--allow NAME]... [--home DIR] [--log-level debug|info|warn|error|silent]
+      Runs a node in the foreground with the echo and relay services, and with
+      --secure-listener a secure channel listener at "secure" (peers: any identity, or the
+      --trust identifiers). Prints "listening tcp HOST:PORT" per listener, "secure listener
+      ID" and "relay registered NAME" after each successful relay registration.
+      Stops on SIGINT/SIGTERM.
+  throughline send --to ROUTE [--timeout MS] [--identity NAME] [--trust ID]... [--home DIR] MESSAGE
+      Sends MESSAGE (UTF-8) along ROUTE and prints the reply. In ROUTE, /secure/NAME opens a
+      secure channel to the listener NAME at the route so far and continues inside it.
+      Without --identity, a fresh ephemeral identity is used.
+      ROUTE example: /tcp/127.0.0.1:4000/service/forward_to_d/secure/secure/service/echo
+  throughline identity create NAME [--home DIR]
+  throughline identity show NAME [--home DIR]
+      Identities live in DIR/identities (default $THROUGHLINE_HOME or ~/.throughline).
   throughline version
   throughline help`
 
@@ -78,6 +91,7 @@ export async function main(argv: readonly string[], io: CliIO): Promise<number> 
     }
     if (cmd === 'node' && sub === 'start') return await nodeStart(argv.slice(2), io)
     if (cmd === 'send') return await send(argv.slice(1), io)
+    if (cmd === 'identity' && (sub === 'create' || sub === 'show')) return await identity(sub, argv.slice(2), io)
     throw usageError(`unknown command "${argv.join(' ')}" (try: throughline help)`)
   } catch (err) {
     if (isThroughlineError(err)) {
@@ -106,8 +120,14 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
     name: { type: 'string' },
     allow: { type: 'string', multiple: true },
     'log-level': { type: 'string' },
+    identity: { type: 'string' },
+    'secure-listener': { type: 'boolean' },
+    trust: { type: 'string', multiple: true },
+    home: { type: 'string' },
   })
   if (positionals.length > 0) throw usageError(`unexpected argument "${positionals[0]}"`)
+  if (values['secure-listener'] === true && values.identity === undefined) throw usageError('--secure-listener needs --identity NAME')
+  const trust = trustOf(values.trust)
   const relayAt = values['relay-at'] as string | undefined
   const relayName = values['relay-name'] as string | undefined
   if ((relayAt === undefined) !== (relayName === undefined)) throw usageError('--relay-at and --relay-name go together')
@@ -121,9 +141,18 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
   startEcho(node)
   new RelayService(node)
   // what network input may reach on this node: its services, plus any --allow
-  const allow = ['echo', RELAY_ADDRESS, `${FORWARDER_PREFIX}*`, ...((values.allow as string[] | undefined) ?? [])]
+  const extra = (values.allow as string[] | undefined) ?? []
+  const allow = ['echo', RELAY_ADDRESS, `${FORWARDER_PREFIX}*`, ...extra]
   const listeners: string[] = []
   try {
+    if (values['secure-listener'] === true) {
+      const id = await new IdentityStore(values.home ?? defaultHome()).load(values.identity!)
+      const channels = new SecureChannels(node, { identity: id })
+      // what decrypted messages may reach: the echo service and any --allow
+      await channels.listen('secure', { trust, allow: ['echo', ...extra] })
+      allow.push('secure')
+      io.stdout(`secure listener ${id.identifier}`)
+    }
     for (const hp of (values.tcp as string[] | undefined) ?? []) {
       const l = await tcp.listen(hp, { allow, transit: true })
       listeners.push(l.address)
@@ -161,31 +190,71 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
 }
 
 async function send(args: readonly string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(args, { to: { type: 'string' }, timeout: { type: 'string' }, 'log-level': { type: 'string' } })
+  const { values, positionals } = parse(args, {
+    to: { type: 'string' },
+    timeout: { type: 'string' },
+    'log-level': { type: 'string' },
+    identity: { type: 'string' },
+    trust: { type: 'string', multiple: true },
+    home: { type: 'string' },
+  })
   const to = values.to as string | undefined
   if (to === undefined) throw usageError('send needs --to ROUTE')
   if (positionals.length !== 1) throw usageError('send needs exactly one MESSAGE argument (quote it if it has spaces)')
   const timeoutText = (values.timeout as string | undefined) ?? '10000'
   const timeout = Number(timeoutText)
   if (!Number.isInteger(timeout) || timeout <= 0) throw usageError(`--timeout must be a positive number of milliseconds (got "${timeoutText}")`)
-  const route = parseRoute(to)
+  const trust = trustOf(values.trust)
   const level = logLevel((values['log-level'] as string | undefined) ?? 'silent')
+  // parse before starting anything, so a bad route fails fast
+  parseRouteSegments(to)
   const node = await new Node({ name: 'send', logger: makeLogger(io, level, 'throughline:send') }).start()
   node.addTransport(new TcpTransport(node))
+  const deadline = AbortSignal.timeout(timeout)
+  const signal = io.signal ? AbortSignal.any([io.signal, deadline]) : deadline
   try {
-    const reply = await node.request(route, Buffer.from(positionals[0]!, 'utf8'), { timeout, ...(io.signal ? { signal: io.signal } : {}) })
+    let channels: SecureChannels | undefined
+    if (/\/secure\//.test(to)) {
+      const id = values.identity !== undefined ? await new IdentityStore(values.home ?? defaultHome()).load(values.identity) : SoftwareIdentity.generate()
+      channels = new SecureChannels(node, { identity: id })
+    }
+    const { route } = await resolveRoute(to, channels, { trust, signal, handshakeTimeout: timeout })
+    const reply = await node.request(route, Buffer.from(positionals[0]!, 'utf8'), { timeout, signal: io.signal ?? new AbortController().signal })
     io.stdout(Buffer.from(reply.payload).toString('utf8'))
     return EXIT.OK
   } catch (err) {
     if (isThroughlineError(err)) {
+      const code = err.code === 'ERR_ABORTED' && deadline.aborted ? 'ERR_TIMEOUT' : err.code
       const hint: Partial<Record<ErrorCode, string>> = {
-        ERR_TIMEOUT: `no reply within ${timeout} ms from ${printRoute(route)} (is every hop up, and does the last address exist there?)`,
-        ERR_CONNECTION_REFUSED: `cannot reach the first hop of ${printRoute(route)}`,
+        ERR_TIMEOUT: `no reply within ${timeout} ms from ${to} (is every hop up, and does the last address exist there?)`,
+        ERR_HANDSHAKE_TIMEOUT: `no secure channel within ${timeout} ms along ${to}`,
+        ERR_CONNECTION_REFUSED: `cannot reach the first hop of ${to}`,
       }
-      throw new ThroughlineError(err.code, hint[err.code] ? `${hint[err.code]}: ${err.message.replace(/^ERR_[A-Z_]+: /, '')}` : err.message.replace(/^ERR_[A-Z_]+: /, ''), { cause: err })
+      const detail = err.message.replace(/^ERR_[A-Z_]+: /, '')
+      throw new ThroughlineError(code, hint[code] ? `${hint[code]}: ${detail}` : detail, { cause: err })
     }
     throw err
   } finally {
     await node.stop()
   }
+}
+
+function trustOf(ids: unknown): TrustPolicy {
+  const list = (ids as string[] | undefined) ?? []
+  if (list.length === 0) return trustAny()
+  try {
+    return trustIdentifiers(list)
+  } catch (err) {
+    throw usageError((err as Error).message)
+  }
+}
+
+async function identity(sub: 'create' | 'show', args: readonly string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(args, { home: { type: 'string' } })
+  if (positionals.length !== 1) throw usageError(`identity ${sub} needs exactly one NAME`)
+  const store = new IdentityStore(values.home ?? defaultHome())
+  const id = sub === 'create' ? await store.create(positionals[0]!) : await store.load(positionals[0]!)
+  io.stdout(id.identifier)
+  if (sub === 'show') io.stdout(`public key (ed25519): ${Buffer.from(id.publicKey).toString('hex')}`)
+  return EXIT.OK
 }

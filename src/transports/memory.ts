@@ -30,6 +30,8 @@ export class MemoryLink implements Link {
   onFrame: (frame: Uint8Array) => void = () => {}
   onClose: (error?: ThroughlineError) => void = () => {}
   onDrain: () => void = () => {}
+  /** Sees every frame this end sends (`out`) and receives (`in`): a wiretap for tests and debugging. */
+  observer: ((direction: 'in' | 'out', frame: Uint8Array) => void) | undefined
 
   constructor(remote: string) {
     this.remote = remote
@@ -49,6 +51,7 @@ export class MemoryLink implements Link {
     const frame = Buffer.allocUnsafe(head.length + payload.length)
     head.copy(frame, 0)
     frame.set(payload, head.length)
+    this.observer?.('out', frame)
     return this.peer.#receive(frame)
   }
 
@@ -63,6 +66,7 @@ export class MemoryLink implements Link {
 
   #receive(frame: Uint8Array): boolean {
     if (this.#closed) return true
+    this.observer?.('in', frame)
     this.#inbox.push(frame)
     this.#inboxBytes += frame.length
     this.#schedule()
@@ -137,10 +141,16 @@ export class MemoryTransport extends BaseTransport {
   readonly type = ADDRESS_TYPE.MEMORY
   readonly name = 'memory'
   readonly network: MemoryNetwork
+  readonly observe: ((direction: 'in' | 'out', frame: Uint8Array) => void) | undefined
 
-  constructor(node: Node, options: TransportOptions & { network?: MemoryNetwork } = {}) {
+  /**
+   * @param options.network the namespace of listeners (default: one per process)
+   * @param options.observe sees every frame this node's memory links send and receive
+   */
+  constructor(node: Node, options: TransportOptions & { network?: MemoryNetwork; observe?: (direction: 'in' | 'out', frame: Uint8Array) => void } = {}) {
     super(node, options, 'memory')
     this.network = options.network ?? defaultMemoryNetwork
+    this.observe = options.observe
   }
 
   protected checkPeer(peer: string): string {
@@ -152,6 +162,7 @@ export class MemoryTransport extends BaseTransport {
     const accept = this.network.listeners.get(peer)
     if (accept === undefined) throw tlError('ERR_CONNECTION_REFUSED', `no memory listener named "${peer}"`)
     const [mine, theirs] = MemoryLink.pair(`${this.node.name}#${++counter}`, peer)
+    mine.observer = this.observe
     accept(theirs)
     return mine
   }
@@ -161,7 +172,10 @@ export class MemoryTransport extends BaseTransport {
     this.checkPeer(name)
     if (this.network.listeners.has(name)) throw tlError('ERR_LISTEN_FAILED', `memory listener "${name}" exists`)
     const flow = new AllowList(`memory listener ${name}`, options.allow ?? [], { transit: options.transit ?? false })
-    this.network.listeners.set(name, (link) => this.accept(link, flow, link.remote))
+    this.network.listeners.set(name, (link) => {
+      link.observer = this.observe
+      this.accept(link, flow, link.remote)
+    })
     const listener: Listener = {
       address: name,
       flow,

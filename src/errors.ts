@@ -39,6 +39,7 @@ export const ERROR_CODES = {
   ERR_IDLE_TIMEOUT: 'nothing was received on a connection for longer than the idle timeout',
   ERR_TRANSPORT_ADDRESS: 'a transport address (host:port and the like) is invalid',
   ERR_LISTEN_FAILED: 'a listener could not be started',
+  ERR_WS_PROTOCOL: 'a WebSocket peer broke the protocol: a text message, a bad frame, or bytes that are not WebSocket frames',
 
   // ---- services ----
   ERR_RELAY_NAME_TAKEN: 'a relay name is held by another live registration',
@@ -64,6 +65,15 @@ export const ERROR_CODES = {
   ERR_HANDSHAKE_TIMEOUT: 'a secure channel handshake did not complete in time',
   ERR_HANDSHAKE_LIMIT: 'a secure channel listener has too many half-open handshakes',
   ERR_CHANNEL_MESSAGE: 'a secure channel message is malformed',
+
+  // ---- vault ----
+  ERR_VAULT_NOT_FOUND: 'no vault file at the given path',
+  ERR_VAULT_EXISTS: 'a vault file exists already at the given path',
+  ERR_VAULT_CORRUPT: 'a vault file or sealed blob is truncated or malformed',
+  ERR_VAULT_DECRYPT: 'a vault file or sealed blob does not decrypt: wrong passphrase or key file, or it was altered',
+  ERR_VAULT_CLOSED: 'the vault is closed',
+  ERR_VAULT_KEY_NOT_FOUND: 'no key with that handle in the vault (or it is of another kind)',
+  ERR_VAULT_UNSUPPORTED: 'the vault cannot do this (e.g. PCR-bound sealing without a TPM)',
 
   // ---- cli ----
   ERR_CLI_USAGE: 'the command line is not valid',

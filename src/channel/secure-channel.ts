@@ -81,6 +81,8 @@ export interface SecureChannelsOptions {
   crypto?: CryptoSpec
   /** Lifetime of the static key binding (ms); it is re-signed at half-life. */
   bindingTtl?: number
+  /** The X25519 static key (e.g. from a vault: `vault.x25519KeyPair(handle)`). Default: a fresh one. */
+  staticKeyPair?: KeyPair
 }
 
 export interface ListenerOptions extends ChannelPolicyOptions {
@@ -111,7 +113,7 @@ export class SecureChannels {
     this.identity = options.identity
     this.crypto = options.crypto ?? 'node'
     this.bindingTtl = options.bindingTtl ?? DEFAULT_BINDING_TTL_MS
-    this.staticKeyPair = generateKeyPair(this.crypto)
+    this.staticKeyPair = options.staticKeyPair ?? generateKeyPair(this.crypto)
   }
 
   /** The key binding of this node's static key, signed (again) when half its lifetime is gone. */

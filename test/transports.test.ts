@@ -158,3 +158,30 @@ t.test('access control over TCP: a denied message is dropped, counted and logged
   t.equal(node.stats.drops['flow-denied'], 2)
   t.ok(lines.some((l) => l.includes('reason=flow-denied') && l.includes('does not allow 0#private')), 'logged with the reason')
 })
+
+t.test('transit: network input may use a connection that exists, never dial a new one', async (t) => {
+  const mk = async (name: string) => {
+    const n = await new Node({ name, logger: silentLogger }).start()
+    const tr = new TcpTransport(n)
+    n.addTransport(tr)
+    t.teardown(() => n.stop())
+    return { n, tr }
+  }
+  const X = await mk('X')
+  X.n.startWorker('echo', { handleMessage: (ctx, m) => ctx.reply(m, m.payload) })
+  const xl = await X.tr.listen('127.0.0.1:0', { allow: ['echo'] })
+  const G = await mk('G')
+  const gl = await G.tr.listen('127.0.0.1:0', { transit: true })
+  const C = await mk('C')
+  const via = [new Address(1, gl.address), new Address(1, xl.address), local('echo')]
+  const drops: DropEvent[] = []
+  G.n.on('drop', (e: DropEvent) => drops.push(e))
+  await t.rejects(C.n.request(via, Buffer.from('x'), { timeout: 300 }), { code: 'ERR_TIMEOUT' })
+  t.match(drops[0]?.error?.message, /may not open connections/, 'no connection yet: the gateway does not dial for the network')
+  await G.tr.connect(xl.address, { transit: true }) // replies come back on it, so it allows transit too
+  const r = await C.n.request(via, Buffer.from('through the gateway'))
+  t.equal(Buffer.from(r.payload).toString(), 'through the gateway', 'an existing connection carries transit traffic')
+  gl.flow.transit = false
+  await t.rejects(C.n.request(via, Buffer.from('x'), { timeout: 300 }), { code: 'ERR_TIMEOUT' })
+  t.equal(drops.at(-1)?.reason, 'flow-denied', 'without transit, not even an existing connection')
+})

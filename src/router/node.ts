@@ -94,6 +94,8 @@ export interface RouterTransport {
   readonly name: string
   /** Routes `msg`, whose `onward[0]` is of this transport's type. Drops through `node.drop()`. */
   route(msg: Message): void
+  /** Is there a live connection to `peer` (the address value) — one that routing needs not dial? */
+  hasConnection?(peer: string): boolean
   /** Closes listeners and connections. */
   stop(): Promise<void>
 }
@@ -359,11 +361,12 @@ export class Node extends EventEmitter {
     }
     const flow = msg.local.flow
     if (next.type !== ADDRESS_TYPE.LOCAL) {
-      if (flow !== undefined) {
+      const transport = this.#transports.get(next.type)
+      // network input never makes the node dial; a transit flow may use a connection that exists
+      if (flow !== undefined && !(flow.transit && transport?.hasConnection?.(next.value) === true)) {
         this.drop('flow-denied', tlError('ERR_ACCESS_DENIED', `network input (${flow.id}) may not open connections (to ${next.text})`), msg, next.text)
         return
       }
-      const transport = this.#transports.get(next.type)
       if (transport === undefined) {
         this.drop('no-transport', tlError('ERR_NO_TRANSPORT', `no transport for address type ${next.type} (${next.text})`), msg, next.text)
         return

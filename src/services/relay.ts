@@ -194,6 +194,8 @@ export interface RelayClientOptions {
   name: string
   /** Local addresses that forwarded messages may reach (deny by default). */
   allow: Iterable<string>
+  /** May forwarded messages continue over this node's existing connections (a gateway)? Default false. */
+  transit?: boolean
   /** Answer timeout of one registration attempt (ms). Default 5 s. */
   timeout?: number
   /** First retry delay after a failure (ms), doubling up to `maxRetryDelay`. */
@@ -230,7 +232,7 @@ export class RelayClient extends EventEmitter {
     this.options = options
     this.address = randomLocal()
     this.#delay = options.retryDelay ?? 250
-    this.allow = new AllowList(`relay registration ${options.name}`, options.allow)
+    this.allow = new AllowList(`relay registration ${options.name}`, options.allow, { transit: options.transit ?? false })
     node.startWorker(this.address, { handleMessage: (ctx, msg) => this.#handle(ctx, msg), onStop: () => this.stop() }, { layer: 'service' })
     const first = options.relayRoute[0]
     this.#onOpen = (ev) => {

@@ -97,6 +97,11 @@ export abstract class BaseTransport implements RouterTransport {
     return [...this.#dialled.values(), ...this.#inbound]
   }
 
+  /** True if a live connection to `peer` exists (routing to it needs no dial). */
+  hasConnection(peer: string): boolean {
+    return this.connectionTo(peer) !== undefined
+  }
+
   /** The live dialled connection to `peer`, if any. */
   connectionTo(peer: string): Connection | undefined {
     const c = this.#dialled.get(peer)
@@ -150,6 +155,7 @@ export abstract class BaseTransport implements RouterTransport {
     const existing = this.connectionTo(peer)
     const flow = existing?.flow ?? this.#persistent.get(peer)?.flow ?? this.#dialing.get(peer)?.flow ?? new AllowList(`${this.name} connection to ${peer}`)
     if (options.allow !== undefined && flow instanceof AllowList) for (const a of options.allow) flow.add(a)
+    if (options.transit === true && flow instanceof AllowList) flow.transit = true
     if (options.persistent === true && !this.#persistent.has(peer)) {
       this.#persistent.set(peer, { flow, delay: this.options.reconnectInitialDelay, timer: undefined, abort: new AbortController() })
     }

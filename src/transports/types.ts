@@ -74,5 +74,10 @@ export interface ConnectOptions {
   allow?: Iterable<string>
   /** Keep the connection: re-dial with exponential backoff whenever it is lost. */
   persistent?: boolean
+  /**
+   * May messages arriving on this connection be routed on through the node's other existing
+   * connections? Needed for the replies of transit traffic sent out on it. Default false.
+   */
+  transit?: boolean
   signal?: AbortSignal
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs, as root or through sudo.
 # socat makes the pseudo-terminal pairs of the serial transport tests.
-# (The TPM layer adds swtpm.)
+# swtpm (and swtpm_setup from swtpm-tools) is the software TPM the TPM tests run against.
 set -euo pipefail
-PACKAGES=(socat)
+PACKAGES=(socat swtpm swtpm-tools)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -39,6 +39,7 @@ export const ERROR_CODES = {
   ERR_IDLE_TIMEOUT: 'nothing was received on a connection for longer than the idle timeout',
   ERR_TRANSPORT_ADDRESS: 'a transport address (host:port and the like) is invalid',
   ERR_LISTEN_FAILED: 'a listener could not be started',
+  ERR_SERIAL_PORT_IN_USE: 'a serial port is already open in this node (by its listener or a connection)',
   ERR_WS_PROTOCOL: 'a WebSocket peer broke the protocol: a text message, a bad frame, or bytes that are not WebSocket frames',
 
   // ---- services ----
@@ -74,6 +75,11 @@ export const ERROR_CODES = {
   ERR_VAULT_CLOSED: 'the vault is closed',
   ERR_VAULT_KEY_NOT_FOUND: 'no key with that handle in the vault (or it is of another kind)',
   ERR_VAULT_UNSUPPORTED: 'the vault cannot do this (e.g. PCR-bound sealing without a TPM)',
+
+  // ---- vault: tpm ----
+  ERR_TPM: 'the TPM answered a command with an error response code; details name it (rc, name, handle/parameter/session index)',
+  ERR_TPM_TRANSPORT: 'the TPM could not be reached, the connection or device failed, or a response was over the size limit',
+  ERR_TPM_MALFORMED: 'a TPM response or TPM structure (TPMS_ATTEST, TPM2B_PUBLIC, a signature) is short or malformed',
 
   // ---- cli ----
   ERR_CLI_USAGE: 'the command line is not valid',

@@ -7,3 +7,4 @@
 export * from './types.ts'
 export * from './software.ts'
 export * from './identity.ts'
+export * as tpm from './tpm/index.ts'

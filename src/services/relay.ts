@@ -332,7 +332,8 @@ export class RelayClient extends EventEmitter {
       if (first !== undefined && first.type !== 0) {
         // keep the connection to the relay and let it carry forwarded traffic to us
         const transport = this.node.transport(first.type) as { connect?: (p: string, o: object) => Promise<unknown> } | undefined
-        transport?.connect?.(first.value, { persistent: true, allow: [this.address.text] }).catch(() => {})
+        // replies to traffic we forward on come back on this connection: it allows transit as we do
+        transport?.connect?.(first.value, { persistent: true, allow: [this.address.text], transit: this.options.transit === true }).catch(() => {})
       }
       this.node.route({ onward, return: [this.address], payload: pack(body), local: {} })
     })

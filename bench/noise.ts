@@ -74,12 +74,23 @@ function crossValidate(): void {
 }
 
 interface Result {
-  /** Median over the rounds of handshakes per second. */
+  /** Median over the rounds of handshakes per second (wall clock). */
   handshakesPerSec: number
   msPerHandshake: number
-  /** Handshakes per second of each round, in order. */
+  /**
+   * Median over the rounds of handshakes per CPU-second of this process (all its threads, GC
+   * included): less disturbed than the wall clock when other processes share the cores.
+   */
+  cpuHandshakesPerSec: number
+  /** Wall-clock handshakes per second of each round, in order. */
   rounds: number[]
   handshakes: number
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 ? sorted[mid]! : Math.round((sorted[mid - 1]! + sorted[mid]!) / 2)
 }
 
 /**
@@ -94,29 +105,37 @@ function measureInterleaved<K extends string>(cases: Record<K, () => void>): Rec
     do cases[name]()
     while (performance.now() < warmEnd)
   }
-  const rates = new Map<K, number[]>(names.map((n) => [n, []]))
+  const wall = new Map<K, number[]>(names.map((n) => [n, []]))
+  const cpu = new Map<K, number[]>(names.map((n) => [n, []]))
   const counts = new Map<K, number>(names.map((n) => [n, 0]))
   for (let round = 0; round < ROUNDS; round++) {
     for (const name of names) {
       const once = cases[name]
       let n = 0
       const start = performance.now()
+      const cpuStart = process.cpuUsage()
       let elapsed = 0
       do {
         once()
         n++
         elapsed = performance.now() - start
       } while (elapsed < MEASURE_MS / ROUNDS)
-      rates.get(name)!.push(Math.round((n * 1000) / elapsed))
+      const used = process.cpuUsage(cpuStart)
+      wall.get(name)!.push(Math.round((n * 1000) / elapsed))
+      cpu.get(name)!.push(Math.round((n * 1e6) / (used.user + used.system)))
       counts.set(name, counts.get(name)! + n)
     }
   }
   const out = {} as Record<K, Result>
   for (const name of names) {
-    const rounds = rates.get(name)!
-    const sorted = [...rounds].sort((a, b) => a - b)
-    const median = sorted.length % 2 ? sorted[sorted.length >> 1]! : Math.round((sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2)
-    out[name] = { handshakesPerSec: median, msPerHandshake: Number((1000 / median).toFixed(3)), rounds, handshakes: counts.get(name)! }
+    const rate = median(wall.get(name)!)
+    out[name] = {
+      handshakesPerSec: rate,
+      msPerHandshake: Number((1000 / rate).toFixed(3)),
+      cpuHandshakesPerSec: median(cpu.get(name)!),
+      rounds: wall.get(name)!,
+      handshakes: counts.get(name)!,
+    }
   }
   return out
 }
@@ -214,6 +233,7 @@ process.stdout.write(
     portable,
     libp2pNoise: baseline,
     ratioNodeToLibp2p: Number((node.handshakesPerSec / baseline.handshakesPerSec).toFixed(2)),
+    cpuRatioNodeToLibp2p: Number((node.cpuHandshakesPerSec / baseline.cpuHandshakesPerSec).toFixed(2)),
     ratioNodeToPortable: Number((node.handshakesPerSec / portable.handshakesPerSec).toFixed(2)),
     nativeX25519Floor: floor,
     nodeShareOfFloor: Number((node.handshakesPerSec / floor.handshakesPerSec).toFixed(2)),

@@ -75,6 +75,7 @@ export const ERROR_CODES = {
   ERR_VAULT_CLOSED: 'the vault is closed',
   ERR_VAULT_KEY_NOT_FOUND: 'no key with that handle in the vault (or it is of another kind)',
   ERR_VAULT_UNSUPPORTED: 'the vault cannot do this (e.g. PCR-bound sealing without a TPM)',
+  ERR_VAULT_WRONG_TPM: "a TPM vault's keys were created under another storage root key: another TPM, or its owner hierarchy was cleared",
 
   // ---- vault: tpm ----
   ERR_TPM: 'the TPM answered a command with an error response code; details name it (rc, name, handle/parameter/session index)',

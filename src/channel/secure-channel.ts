@@ -442,12 +442,11 @@ export class SecureChannel extends EventEmitter {
       this.node.drop('channel-not-open', tlError('ERR_CHANNEL_CLOSED', `secure channel ${this.address.text} is ${this.#state}`), msg, this.address.text)
       return
     }
+    // inner plaintext = kind | head of the inner envelope | payload, sealed without concatenating
+    // it here (Session.sealParts assembles it in a reused scratch buffer)
     const head = encodeHead(msg.onward.slice(1), msg.return, 1)
     head[0] = KIND.DATA
-    const plain = Buffer.allocUnsafe(head.length + msg.payload.length)
-    head.copy(plain, 0)
-    plain.set(msg.payload, head.length)
-    this.#sendSealed(this.#session!.seal(plain), msg)
+    this.#sendSealed(this.#session!.sealParts(head, msg.payload), msg)
   }
 
   #sendKind(kind: number, body: Uint8Array): void {

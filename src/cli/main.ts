@@ -15,6 +15,8 @@
  * @module
  */
 import { readFileSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { type ParseArgsConfig, parseArgs } from 'node:util'
 import { type ErrorCode, isThroughlineError, ThroughlineError, tlError } from '../errors.ts'
 import { type Logger, lineLogger, silentLogger } from '../router/logger.ts'
@@ -23,7 +25,9 @@ import { parseRoute, parseRouteSegments } from '../router/route.ts'
 import { startEcho } from '../services/echo.ts'
 import { FORWARDER_PREFIX, RELAY_ADDRESS, RelayClient, RelayService } from '../services/relay.ts'
 import { TcpTransport } from '../transports/tcp.ts'
-import { IdentityStore, SoftwareIdentity, defaultHome } from '../channel/identity.ts'
+import { WebSocketTransport } from '../transports/websocket.ts'
+import { SerialTransport } from '../transports/serial.ts'
+import { IdentityStore, type IdentitySigner, SoftwareIdentity, defaultHome } from '../channel/identity.ts'
 import { resolveRoute } from '../channel/resolve.ts'
 import { SecureChannels } from '../channel/secure-channel.ts'
 import { type TrustPolicy, trustAny, trustIdentifiers } from '../channel/trust.ts'
@@ -40,12 +44,14 @@ export interface CliIO {
 }
 
 const USAGE = `usage:
-  throughline node start [--tcp HOST:PORT]... [--relay-at ROUTE --relay-name NAME] [--name NAME]
+  throughline node start [--tcp HOST:PORT]... [--ws HOST:PORT]... [--serial PATH[@BAUD]]...
+                         [--relay-at ROUTE --relay-name NAME] [--name NAME]
                          [--identity NAME --secure-listener [--trust ID]...]
                          [--allow NAME]... [--home DIR] [--log-level debug|info|warn|error|silent]
       Runs a node in the foreground with the echo and relay services, and with
       --secure-listener a secure channel listener at "secure" (peers: any identity, or the
-      --trust identifiers). Prints "listening tcp HOST:PORT" per listener, "secure listener
+      --trust identifiers). Prints "listening tcp|ws HOST:PORT" and "listening serial PATH"
+      per listener, "secure listener
       ID" and "relay registered NAME" after each successful relay registration.
       Stops on SIGINT/SIGTERM.
   throughline send --to ROUTE [--timeout MS] [--identity NAME] [--trust ID]... [--home DIR] MESSAGE
@@ -53,9 +59,11 @@ const USAGE = `usage:
       secure channel to the listener NAME at the route so far and continues inside it.
       Without --identity, a fresh ephemeral identity is used.
       ROUTE example: /tcp/127.0.0.1:4000/service/forward_to_d/secure/secure/service/echo
-  throughline identity create NAME [--home DIR]
+  throughline identity create NAME [--home DIR] [--vault software|tpm --tpm unix:PATH|tcp:HOST:PORT|/dev/tpmrm0]
   throughline identity show NAME [--home DIR]
       Identities live in DIR/identities (default $THROUGHLINE_HOME or ~/.throughline).
+      With --vault tpm the identity key is a non-exportable P-256 key in the TPM at --tpm,
+      held by the TPM vault DIR/vaults/NAME (node start --identity does not load these yet).
   throughline version
   throughline help`
 
@@ -115,6 +123,8 @@ function parse<const O extends NonNullable<ParseArgsConfig['options']>>(args: re
 async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(args, {
     tcp: { type: 'string', multiple: true },
+    ws: { type: 'string', multiple: true },
+    serial: { type: 'string', multiple: true },
     'relay-at': { type: 'string' },
     'relay-name': { type: 'string' },
     name: { type: 'string' },
@@ -136,17 +146,18 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
   const name = (values.name as string | undefined) ?? 'node'
   const logger = makeLogger(io, level, `throughline:${name}`)
   const node = await new Node({ name, logger }).start()
-  const tcp = new TcpTransport(node)
-  node.addTransport(tcp)
+  const { tcp, ws, serial } = addTransports(node)
   startEcho(node)
   new RelayService(node)
   // what network input may reach on this node: its services, plus any --allow
+  const closers: (() => Promise<void>)[] = []
   const extra = (values.allow as string[] | undefined) ?? []
   const allow = ['echo', RELAY_ADDRESS, `${FORWARDER_PREFIX}*`, ...extra]
   const listeners: string[] = []
   try {
     if (values['secure-listener'] === true) {
-      const id = await new IdentityStore(values.home ?? defaultHome()).load(values.identity!)
+      const { identity: id, close } = await loadIdentity(values.home ?? defaultHome(), values.identity!)
+      closers.push(close)
       const channels = new SecureChannels(node, { identity: id })
       // what decrypted messages may reach: the echo service and any --allow
       await channels.listen('secure', { trust, allow: ['echo', ...extra] })
@@ -158,13 +169,27 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
       listeners.push(l.address)
       io.stdout(`listening tcp ${l.address}`)
     }
+    for (const hp of (values.ws as string[] | undefined) ?? []) {
+      const l = await ws.listen(hp, { allow, transit: true })
+      listeners.push(l.address)
+      io.stdout(`listening ws ${l.address}`)
+    }
+    for (const spec of (values.serial as string[] | undefined) ?? []) {
+      const m = /^(\/[^@]+)(?:@(\d+))?$/.exec(spec)
+      if (m === null) throw usageError(`--serial takes PATH[@BAUD], e.g. /dev/ttyUSB0@115200 (got "${spec}")`)
+      const l = await serial.listen(m[1]!, { allow, transit: true, ...(m[2] ? { baudRate: Number(m[2]) } : {}) })
+      listeners.push(l.address)
+      io.stdout(`listening serial ${l.address}`)
+    }
   } catch (err) {
     await node.stop()
+    for (const c of closers) await c()
     throw err
   }
   let client: RelayClient | undefined
   if (relayRoute !== undefined && relayName !== undefined) {
-    client = new RelayClient(node, { relayRoute, name: relayName, allow })
+    // a node registered at a relay is a gateway: forwarded traffic may continue over its links
+    client = new RelayClient(node, { relayRoute, name: relayName, allow, transit: true })
     let lastError = ''
     client.on('registered', (ev: { name: string }) => {
       lastError = ''
@@ -185,6 +210,7 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
   })
   client?.stop()
   await node.stop()
+  for (const c of closers) await c()
   logger.info('stopped', { drops: node.dropCount() })
   return EXIT.OK
 }
@@ -209,13 +235,19 @@ async function send(args: readonly string[], io: CliIO): Promise<number> {
   // parse before starting anything, so a bad route fails fast
   parseRouteSegments(to)
   const node = await new Node({ name: 'send', logger: makeLogger(io, level, 'throughline:send') }).start()
-  node.addTransport(new TcpTransport(node))
+  addTransports(node)
+  const closers: (() => Promise<void>)[] = []
   const deadline = AbortSignal.timeout(timeout)
   const signal = io.signal ? AbortSignal.any([io.signal, deadline]) : deadline
   try {
     let channels: SecureChannels | undefined
     if (/\/secure\//.test(to)) {
-      const id = values.identity !== undefined ? await new IdentityStore(values.home ?? defaultHome()).load(values.identity) : SoftwareIdentity.generate()
+      let id: IdentitySigner & { readonly identifier: string } = SoftwareIdentity.generate()
+      if (values.identity !== undefined) {
+        const loaded = await loadIdentity(values.home ?? defaultHome(), values.identity)
+        id = loaded.identity
+        closers.push(loaded.close)
+      }
       channels = new SecureChannels(node, { identity: id })
     }
     const { route } = await resolveRoute(to, channels, { trust, signal, handshakeTimeout: timeout })
@@ -236,7 +268,39 @@ async function send(args: readonly string[], io: CliIO): Promise<number> {
     throw err
   } finally {
     await node.stop()
+    for (const c of closers) await c()
   }
+}
+
+/**
+ * Loads a saved identity: a software one (the key in the identity file) or a TPM one (the key in
+ * a TPM vault; the TPM code is loaded only then). `close` releases the vault.
+ */
+async function loadIdentity(home: string, name: string): Promise<{ identity: IdentitySigner & { readonly identifier: string }; close: () => Promise<void> }> {
+  const file = await readFile(join(home, 'identities', `${name}.json`), 'utf8').catch(() => undefined)
+  let kind: unknown
+  try {
+    kind = file === undefined ? undefined : (JSON.parse(file) as { kind?: unknown }).kind
+  } catch {
+    kind = undefined // IdentityStore.load reports the malformed file
+  }
+  if (kind === 'tpm') {
+    const { TpmIdentityStore } = await import('../vault/tpm-identity.ts')
+    const { vault, identity } = await new TpmIdentityStore(home).open(name)
+    return { identity, close: () => vault.close() }
+  }
+  return { identity: await new IdentityStore(home).load(name), close: async () => {} }
+}
+
+/** Every transport the CLI speaks: TCP, WebSocket, serial (serialport is loaded only when a port is opened). */
+function addTransports(node: Node): { tcp: TcpTransport; ws: WebSocketTransport; serial: SerialTransport } {
+  const tcp = new TcpTransport(node)
+  const ws = new WebSocketTransport(node)
+  const serial = new SerialTransport(node)
+  node.addTransport(tcp)
+  node.addTransport(ws)
+  node.addTransport(serial)
+  return { tcp, ws, serial }
 }
 
 function trustOf(ids: unknown): TrustPolicy {
@@ -250,10 +314,39 @@ function trustOf(ids: unknown): TrustPolicy {
 }
 
 async function identity(sub: 'create' | 'show', args: readonly string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(args, { home: { type: 'string' } })
+  const { values, positionals } = parse(args, { home: { type: 'string' }, vault: { type: 'string' }, tpm: { type: 'string' } })
   if (positionals.length !== 1) throw usageError(`identity ${sub} needs exactly one NAME`)
-  const store = new IdentityStore(values.home ?? defaultHome())
-  const id = sub === 'create' ? await store.create(positionals[0]!) : await store.load(positionals[0]!)
+  const home = values.home ?? defaultHome()
+  const name = positionals[0]!
+  const kind = values.vault ?? 'software'
+  if (sub === 'show' && (values.vault !== undefined || values.tpm !== undefined)) throw usageError('identity show takes no --vault or --tpm')
+  if (kind !== 'software' && kind !== 'tpm') throw usageError(`--vault must be software or tpm (got "${kind}")`)
+  if (kind === 'software' && values.tpm !== undefined) throw usageError('--tpm needs --vault tpm')
+  if (kind === 'tpm' && values.tpm === undefined) throw usageError('--vault tpm needs --tpm unix:PATH|tcp:HOST:PORT|/dev/tpmrm0')
+  // the TPM vault is loaded only when a command needs it
+  const tpmStore = async () => new (await import('../vault/tpm-identity.ts')).TpmIdentityStore(home)
+  if (sub === 'create' && kind === 'tpm') {
+    const { parseTpmEndpoint } = await import('../vault/tpm/transport.ts')
+    try {
+      parseTpmEndpoint(values.tpm!)
+    } catch (err) {
+      throw usageError((err as Error).message.replace(/^ERR_INVALID_ARGUMENT: /, ''))
+    }
+    io.stdout((await (await tpmStore()).create(name, values.tpm!)).identifier)
+    return EXIT.OK
+  }
+  if (sub === 'show') {
+    const store = await tpmStore()
+    const record = await store.read(name)
+    if (record !== undefined) {
+      io.stdout(record.identifier)
+      io.stdout(`public key (p256): ${Buffer.from(record.publicKey, 'base64').toString('hex')}`)
+      io.stdout(`tpm vault: ${store.vaultDir(name)} (key ${record.vault.handle}, TPM ${record.vault.endpoint})`)
+      return EXIT.OK
+    }
+  }
+  const store = new IdentityStore(home)
+  const id = sub === 'create' ? await store.create(name) : await store.load(name)
   io.stdout(id.identifier)
   if (sub === 'show') io.stdout(`public key (ed25519): ${Buffer.from(id.publicKey).toString('hex')}`)
   return EXIT.OK

@@ -13,6 +13,12 @@
  *
  * Header keys other than `o` and `r` are ignored (reserved for later versions).
  *
+ * Speed: heads are written by a hand-made encoder that is byte-identical to msgpackr's
+ * `pack({ o, r })`, and headers of the usual shape are read by a hand-made decoder that falls back
+ * to msgpackr for anything else (test/codec-identity.test.ts proves both). A connection passes an
+ * {@link EncodeCache} and a {@link DecodeCache}: frames on one connection mostly repeat one header,
+ * which is then copied or recognised instead of being built or parsed again.
+ *
  * @module
  */
 import { Packr, Unpackr } from 'msgpackr'
@@ -41,18 +47,15 @@ export interface Envelope {
   payload: Uint8Array
 }
 
-function texts(r: readonly Address[]): string[] {
-  const out = new Array<string>(r.length)
-  for (let i = 0; i < r.length; i++) out[i] = r[i]!.text
+function texts(r: readonly Address[], start = 0): string[] {
+  const out = new Array<string>(Math.max(0, r.length - start))
+  for (let i = start; i < r.length; i++) out[i - start] = r[i]!.text
   return out
 }
 
-/**
- * Encodes the head of an envelope (everything but the payload) into one buffer, leaving `reserve`
- * zero bytes at its start for a transport's own prefix (e.g. the TCP length).
- */
-export function encodeHead(onward: readonly Address[], ret: readonly Address[], reserve = 0): Buffer {
-  const header = packr.pack({ o: texts(onward), r: texts(ret) })
+/** The reference encoder (msgpackr), used for what the fast encoder does not handle. */
+function encodeHeadMsgpackr(onward: readonly Address[], start: number, ret: readonly Address[], reserve: number): Buffer {
+  const header = packr.pack({ o: texts(onward, start), r: texts(ret) })
   const hlen = header.length
   const varintLen = hlen < 0x80 ? 1 : hlen < 0x4000 ? 2 : 3
   const head = Buffer.allocUnsafe(reserve + 1 + varintLen + hlen)
@@ -65,6 +68,156 @@ export function encodeHead(onward: readonly Address[], ret: readonly Address[], 
   }
   head[p++] = v
   header.copy(head, p)
+  return head
+}
+
+// ---- fast header encoder ----------------------------------------------------------------------
+//
+// The header is always the map `{ o: [text...], r: [text...] }`. msgpackr (useRecords: false)
+// writes it as map16 `de 00 02`, the keys as fixstr `a1 6f` / `a1 72`, each array as fixarray
+// (`9N`, N < 16) or array16 (`dc NN NN`), then each address text as msgpackr encodes a string.
+// The fast encoder writes exactly these bytes, taking each text's encoding from a cache filled by
+// msgpackr itself (`packr.pack(text)`: a string's encoding does not depend on where it stands), so
+// the output is byte-identical to `packr.pack({ o, r })` (test/codec-identity.test.ts checks it).
+
+const MAP_O = [0xde, 0x00, 0x02, 0xa1, 0x6f] as const
+const KEY_R = [0xa1, 0x72] as const
+/** Address text → its msgpack string encoding (a private copy). */
+const strCache = new Map<string, Uint8Array>()
+const STR_CACHE_MAX = 4096
+/** Reused scratch list of the encoded texts of one header (the encoder is synchronous). */
+const scratch: Uint8Array[] = []
+
+function encodedText(a: Address): Uint8Array {
+  const text = a.text
+  let e = strCache.get(text)
+  if (e === undefined) {
+    e = new Uint8Array(packr.pack(text)) // a copy: msgpackr reuses its buffer
+    if (strCache.size >= STR_CACHE_MAX) strCache.clear()
+    strCache.set(text, e)
+  }
+  return e
+}
+
+function copyInto(dst: Buffer, src: Uint8Array, p: number): number {
+  const n = src.length
+  if (n > 24) {
+    dst.set(src, p)
+    return p + n
+  }
+  for (let i = 0; i < n; i++) dst[p + i] = src[i]!
+  return p + n
+}
+
+/**
+ * Encodes the head of an envelope (everything but the payload) into one buffer, leaving `reserve`
+ * zero bytes at its start for a transport's own prefix (e.g. the TCP length).
+ */
+export function encodeHead(onward: readonly Address[], ret: readonly Address[], reserve = 0): Buffer {
+  return encodeHeadFrom(onward, 0, ret, reserve)
+}
+
+/**
+ * As {@link encodeHead}, for the onward route `onward.slice(start)` without building that array
+ * (a connection pops its own address this way).
+ */
+export function encodeHeadFrom(onward: readonly Address[], start: number, ret: readonly Address[], reserve = 0, cache?: EncodeCache): Buffer {
+  const no = onward.length - start
+  const nr = ret.length
+  if (no < 0 || no > 0xffff || nr > 0xffff) return encodeHeadMsgpackr(onward, Math.max(0, start), ret, reserve)
+  if (cache !== undefined && cache.bytes !== undefined && sameRoutes(cache, onward, start, ret)) {
+    const bytes = cache.bytes
+    const head = Buffer.allocUnsafe(reserve + bytes.length)
+    head.set(bytes, reserve)
+    return head
+  }
+  const head = encodeFast(onward, start, ret, reserve, no, nr)
+  if (cache !== undefined && head.length - reserve <= ENCODE_CACHE_BYTES) {
+    cache.onward = onward.slice(start)
+    cache.return = ret.slice()
+    cache.bytes = new Uint8Array(head.subarray(reserve))
+  }
+  return head
+}
+
+/**
+ * A one-entry memory of the last head encoded for one stream of frames (a connection): messages
+ * on one connection mostly carry the same routes (the same Address objects), whose encoding is
+ * then copied instead of being built again. Create one per connection with {@link createEncodeCache}.
+ */
+export interface EncodeCache {
+  onward: Address[]
+  return: Address[]
+  /** The head after the reserved bytes (version, header length, header). */
+  bytes: Uint8Array | undefined
+}
+
+const ENCODE_CACHE_BYTES = 512
+
+export function createEncodeCache(): EncodeCache {
+  return { onward: [], return: [], bytes: undefined }
+}
+
+function sameRoutes(cache: EncodeCache, onward: readonly Address[], start: number, ret: readonly Address[]): boolean {
+  const co = cache.onward
+  const cr = cache.return
+  if (co.length !== onward.length - start || cr.length !== ret.length) return false
+  for (let i = 0; i < co.length; i++) if (co[i] !== onward[start + i]) return false
+  for (let i = 0; i < cr.length; i++) if (cr[i] !== ret[i]) return false
+  return true
+}
+
+function encodeFast(onward: readonly Address[], start: number, ret: readonly Address[], reserve: number, no: number, nr: number): Buffer {
+  let hlen = 5 + (no < 16 ? 1 : 3) + 2 + (nr < 16 ? 1 : 3)
+  let k = 0
+  for (let i = start; i < onward.length; i++) {
+    const e = encodedText(onward[i]!)
+    scratch[k++] = e
+    hlen += e.length
+  }
+  for (let i = 0; i < nr; i++) {
+    const e = encodedText(ret[i]!)
+    scratch[k++] = e
+    hlen += e.length
+  }
+  if (hlen >= 0x200000) {
+    scratch.length = 0
+    return encodeHeadMsgpackr(onward, start, ret, reserve)
+  }
+  const varintLen = hlen < 0x80 ? 1 : hlen < 0x4000 ? 2 : 3
+  const head = Buffer.allocUnsafe(reserve + 1 + varintLen + hlen)
+  let p = reserve
+  head[p++] = ENVELOPE_VERSION
+  let v = hlen
+  while (v >= 0x80) {
+    head[p++] = (v & 0x7f) | 0x80
+    v >>>= 7
+  }
+  head[p++] = v
+  head[p++] = MAP_O[0]
+  head[p++] = MAP_O[1]
+  head[p++] = MAP_O[2]
+  head[p++] = MAP_O[3]
+  head[p++] = MAP_O[4]
+  k = 0
+  if (no < 16) head[p++] = 0x90 | no
+  else {
+    head[p++] = 0xdc
+    head[p++] = no >> 8
+    head[p++] = no & 0xff
+  }
+  for (let i = 0; i < no; i++) p = copyInto(head, scratch[k++]!, p)
+  head[p++] = KEY_R[0]
+  head[p++] = KEY_R[1]
+  if (nr < 16) head[p++] = 0x90 | nr
+  else {
+    head[p++] = 0xdc
+    head[p++] = nr >> 8
+    head[p++] = nr & 0xff
+  }
+  for (let i = 0; i < nr; i++) p = copyInto(head, scratch[k++]!, p)
+  // drop references to cached encodings beyond this call
+  if (k > 64) scratch.length = 0
   return head
 }
 
@@ -91,11 +244,117 @@ function routeOf(value: unknown, field: string, limits: CodecLimits): Address[] 
   return out
 }
 
+// ---- fast header decoder --------------------------------------------------------------------------
+//
+// Decodes exactly the shape the encoder writes — map16 `de 00 02` or fixmap `82`, key "o" then key
+// "r", each an array (fixarray or array16) of ASCII strings (fixstr or str8) — with nothing after
+// it. Anything else, and anything that would be an error, leaves the fast path and is decoded by
+// msgpackr as before, so results and errors are those of the reference path (the identity test
+// compares both on random and corrupted frames).
+
+const ADDRESS_BYTES = 0x100
+
+function fastRoute(frame: Uint8Array, p: number, end: number, max: number, out: Address[]): number {
+  if (p >= end) return -1
+  const t = frame[p++]!
+  let n: number
+  if ((t & 0xf0) === 0x90) n = t & 0x0f
+  else if (t === 0xdc) {
+    if (p + 2 > end) return -1
+    n = (frame[p]! << 8) | frame[p + 1]!
+    p += 2
+  } else return -1
+  if (n > max) return -1
+  for (let i = 0; i < n; i++) {
+    if (p >= end) return -1
+    const s = frame[p++]!
+    let len: number
+    if ((s & 0xe0) === 0xa0) len = s & 0x1f
+    else if (s === 0xd9) {
+      if (p >= end) return -1
+      len = frame[p++]!
+    } else return -1
+    const stop = p + len
+    if (stop > end || len === 0 || len >= ADDRESS_BYTES) return -1
+    for (let j = p; j < stop; j++) if (frame[j]! >= 0x80) return -1 // not ASCII: msgpackr decodes it
+    const text = latin1(frame, p, stop)
+    let a: Address
+    try {
+      a = parseAddress(text)
+    } catch {
+      return -1
+    }
+    out.push(a)
+    p = stop
+  }
+  return p
+}
+
+type Latin1Slice = (this: Uint8Array, start: number, end: number) => string
+/** Node's native latin1 decoder (undocumented but long-standing), else the documented route to it. */
+const latin1Slice: Latin1Slice =
+  (Buffer.prototype as unknown as { latin1Slice?: Latin1Slice }).latin1Slice ??
+  function (this: Uint8Array, start: number, end: number): string {
+    return Buffer.from(this.buffer, this.byteOffset, this.byteLength).toString('latin1', start, end)
+  }
+
+function latin1(frame: Uint8Array, start: number, end: number): string {
+  return latin1Slice.call(frame, start, end)
+}
+
+/** Decodes the header at `frame[p, end)` on the fast path, or returns false. */
+function fastHeader(frame: Uint8Array, p: number, end: number, limits: CodecLimits, onward: Address[], ret: Address[]): boolean {
+  if (frame[p] === 0xde) {
+    if (p + 3 > end || frame[p + 1] !== 0 || frame[p + 2] !== 2) return false
+    p += 3
+  } else if (frame[p] === 0x82) p += 1
+  else return false
+  if (p + 2 > end || frame[p] !== 0xa1 || frame[p + 1] !== 0x6f) return false
+  p = fastRoute(frame, p + 2, end, limits.maxRouteLength, onward)
+  if (p < 0 || p + 2 > end || frame[p] !== 0xa1 || frame[p + 1] !== 0x72) return false
+  p = fastRoute(frame, p + 2, end, limits.maxRouteLength, ret)
+  return p === end
+}
+
+/**
+ * A one-entry memory of the last header decoded, for one stream of frames (a connection): its
+ * frames usually repeat the same header, which is then recognised by its bytes and not decoded
+ * again. Create one per connection with {@link createDecodeCache}.
+ */
+export interface DecodeCache {
+  /** The last header's bytes (the first `length` of them). */
+  bytes: Uint8Array
+  length: number
+  /** The limits it was checked against. */
+  limits: CodecLimits | undefined
+  onward: Address[]
+  return: Address[]
+}
+
+const DECODE_CACHE_BYTES = 512
+
+/** `frame.subarray(start)`: the same view, made by Buffer.from for a Buffer (half the cost). */
+function tail(frame: Uint8Array, start: number): Uint8Array {
+  return frame instanceof Buffer ? Buffer.from(frame.buffer, frame.byteOffset + start, frame.length - start) : frame.subarray(start)
+}
+
+export function createDecodeCache(): DecodeCache {
+  return { bytes: new Uint8Array(DECODE_CACHE_BYTES), length: -1, limits: undefined, onward: [], return: [] }
+}
+
+function cacheHit(cache: DecodeCache, frame: Uint8Array, p: number, hlen: number, limits: CodecLimits): boolean {
+  if (cache.length !== hlen || cache.limits !== limits) return false
+  const b = cache.bytes
+  for (let i = 0; i < hlen; i++) if (b[i] !== frame[p + i]) return false
+  return true
+}
+
 /**
  * Decodes an envelope. The returned payload shares memory with `frame`.
  * Throws ERR_UNSUPPORTED_VERSION, ERR_HEADER_TOO_LARGE, ERR_ROUTE_TOO_LONG or ERR_MALFORMED_ENVELOPE.
+ * `cache` (optional, one per stream of frames) skips decoding a header identical to the last one.
  */
-export function decodeEnvelope(frame: Uint8Array, limits: CodecLimits = DEFAULT_CODEC_LIMITS): Envelope {
+export function decodeEnvelope(frame: Uint8Array, limits: CodecLimits = DEFAULT_CODEC_LIMITS, cache?: DecodeCache): Envelope {
   const n = frame.length
   if (n < 2) throw tlError('ERR_MALFORMED_ENVELOPE', `envelope of ${n} bytes is too short`)
   if (frame[0] !== ENVELOPE_VERSION) {
@@ -119,9 +378,30 @@ export function decodeEnvelope(frame: Uint8Array, limits: CodecLimits = DEFAULT_
   if (hlen === 0 || p + hlen > n) {
     throw tlError('ERR_MALFORMED_ENVELOPE', `header length ${hlen} does not fit the ${n}-byte envelope`)
   }
+  const end = p + hlen
+  if (cache !== undefined && cacheHit(cache, frame, p, hlen, limits)) {
+    return { onward: cache.onward.slice(), return: cache.return.slice(), payload: tail(frame, end) }
+  }
+  const onward: Address[] = []
+  const ret: Address[] = []
+  if (fastHeader(frame, p, end, limits, onward, ret)) {
+    if (cache !== undefined && hlen <= DECODE_CACHE_BYTES) {
+      cache.bytes.set(frame.subarray(p, end))
+      cache.length = hlen
+      cache.limits = limits
+      cache.onward = onward.slice()
+      cache.return = ret.slice()
+    }
+    return { onward, return: ret, payload: tail(frame, end) }
+  }
+  return decodeSlow(frame, p, end, limits)
+}
+
+/** The reference decoder (msgpackr) and its checks. */
+function decodeSlow(frame: Uint8Array, p: number, end: number, limits: CodecLimits): Envelope {
   let header: unknown
   try {
-    header = unpackr.unpack(frame.subarray(p, p + hlen))
+    header = unpackr.unpack(frame.subarray(p, end))
   } catch (err) {
     throw tlError('ERR_MALFORMED_ENVELOPE', `header is not valid msgpack: ${(err as Error).message}`, { cause: err })
   }
@@ -132,6 +412,6 @@ export function decodeEnvelope(frame: Uint8Array, limits: CodecLimits = DEFAULT_
   return {
     onward: routeOf(h['o'], 'o', limits),
     return: routeOf(h['r'], 'r', limits),
-    payload: frame.subarray(p + hlen),
+    payload: frame.subarray(end),
   }
 }

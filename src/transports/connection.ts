@@ -15,9 +15,9 @@
 import { tlError, type ThroughlineError, isThroughlineError } from '../errors.ts'
 import type { FlowControl } from '../router/access.ts'
 import { type Address, randomLocal } from '../router/address.ts'
-import { type CodecLimits, decodeEnvelope, encodeHead } from '../router/codec.ts'
+import { type CodecLimits, type DecodeCache, type EncodeCache, createDecodeCache, createEncodeCache, decodeEnvelope, encodeHeadFrom } from '../router/codec.ts'
 import type { Logger } from '../router/logger.ts'
-import type { Message, Producer } from '../router/message.ts'
+import type { LocalInfo, Message, Producer } from '../router/message.ts'
 import type { Node, SinkWorker, WorkerContext } from '../router/node.ts'
 import type { Link } from './types.ts'
 
@@ -51,10 +51,26 @@ export class Connection implements Producer, SinkWorker {
   readonly options: ConnectionOptions
   #ctx: WorkerContext | undefined
   #limits: CodecLimits
+  /** The last header decoded on this connection (frames of one stream mostly repeat it). */
+  #decodeCache: DecodeCache = createDecodeCache()
+  /** The last head encoded on this connection (messages on it mostly carry the same routes). */
+  #encodeCache: EncodeCache = createEncodeCache()
+  /** The node-local metadata of every inbound message: the same for all of them, so shared (frozen). */
+  #inboundLocal: LocalInfo
   #paused = 0
   #closed = false
   #lastSent = 0
   #lastReceived = 0
+  /**
+   * The node's clock read once per event-loop turn: every frame of one read arrived at the same
+   * time, and every frame written in one turn leaves in the same corked write, so one reading
+   * serves them all (a clock read costs about as much as the rest of a relay hop's bookkeeping).
+   */
+  #turnNow = 0
+  #turnNowValid = false
+  readonly #endTurn = (): void => {
+    this.#turnNowValid = false
+  }
   #timer: NodeJS.Timeout | undefined
   #closeListeners: ((err?: ThroughlineError) => void)[] = []
   /** Frames and bytes seen, for diagnostics. */
@@ -67,6 +83,7 @@ export class Connection implements Producer, SinkWorker {
     this.address = randomLocal()
     this.#limits = { maxHeaderSize: node.limits.maxHeaderSize, maxRouteLength: node.limits.maxRouteLength }
     this.#lastSent = this.#lastReceived = node.now()
+    this.#inboundLocal = Object.freeze({ flow: options.flow, producer: this as Producer, connection: this.address })
     link.onFrame = (f) => this.#onFrame(f)
     link.onClose = (e) => this.#onLinkClose(e)
     link.onDrain = () => this.#ctx?.drained()
@@ -116,6 +133,15 @@ export class Connection implements Producer, SinkWorker {
     }
   }
 
+  #now(): number {
+    if (!this.#turnNowValid) {
+      this.#turnNow = this.node.now()
+      this.#turnNowValid = true
+      process.nextTick(this.#endTurn)
+    }
+    return this.#turnNow
+  }
+
   // ---------------------------------------------------------------- outbound (SinkWorker)
 
   /** Writes `msg` (its first hop is this connection) as one frame. */
@@ -129,7 +155,7 @@ export class Connection implements Producer, SinkWorker {
       this.node.drop('connection-closed', tlError('ERR_CONNECTION_CLOSED', `connection to ${this.link.remote} is closed`), msg, this.address.text)
       return true
     }
-    const head = encodeHead(msg.onward.slice(1), msg.return, this.link.headReserve)
+    const head = encodeHeadFrom(msg.onward, 1, msg.return, this.link.headReserve, this.#encodeCache)
     const size = head.length - this.link.headReserve + msg.payload.length
     if (size > this.options.maxFrameSize) {
       this.node.drop('frame-too-large', tlError('ERR_FRAME_TOO_LARGE', `message of ${size} bytes is over the ${this.options.maxFrameSize}-byte frame limit`), msg, this.address.text)
@@ -137,7 +163,7 @@ export class Connection implements Producer, SinkWorker {
     }
     this.counters.framesOut++
     this.counters.bytesOut += size
-    this.#lastSent = this.node.now()
+    this.#lastSent = this.#now()
     return this.link.writeFrame(head, msg.payload)
   }
 
@@ -145,27 +171,24 @@ export class Connection implements Producer, SinkWorker {
 
   #onFrame(frame: Uint8Array): void {
     if (this.#closed) return
-    this.#lastReceived = this.node.now()
+    this.#lastReceived = this.#now()
     if (frame.length === 0) return // heartbeat
     this.counters.framesIn++
     this.counters.bytesIn += frame.length
     let env
     try {
-      env = decodeEnvelope(frame, this.#limits)
+      env = decodeEnvelope(frame, this.#limits, this.#decodeCache)
     } catch (err) {
       const e = isThroughlineError(err) ? err : tlError('ERR_MALFORMED_ENVELOPE', String(err), { cause: err })
       this.node.drop('decode-error', e, undefined, this.address.text)
       this.close(e)
       return
     }
-    const ret = [this.address]
-    for (const a of env.return) ret.push(a)
-    this.node.route({
-      onward: env.onward,
-      return: ret,
-      payload: env.payload,
-      local: { flow: this.options.flow, producer: this, connection: this.address },
-    })
+    const r = env.return
+    const ret = new Array<Address>(r.length + 1)
+    ret[0] = this.address
+    for (let i = 0; i < r.length; i++) ret[i + 1] = r[i]!
+    this.node.route({ onward: env.onward, return: ret, payload: env.payload, local: this.#inboundLocal })
   }
 
   // ---------------------------------------------------------------- producer (backpressure)

@@ -60,9 +60,10 @@ export class FrameDecoder {
       if (this.#partBytes === 0 && n - off >= need) {
         // fast path: the whole item is in this chunk
         if (this.#state === LENGTH) {
-          this.#onLength(chunk.readUInt32BE(off), onFrame)
+          this.#onLength(chunk[off]! * 0x1000000 + ((chunk[off + 1]! << 16) | (chunk[off + 2]! << 8) | chunk[off + 3]!), onFrame)
         } else {
-          onFrame(chunk.subarray(off, off + need))
+          // a view of the chunk (Buffer.from of its memory: the same view as subarray, made faster)
+          onFrame(Buffer.from(chunk.buffer, chunk.byteOffset + off, need))
           this.#state = LENGTH
         }
         off += need

@@ -33,6 +33,12 @@ export class TcpLink implements Link {
   onFrame: (frame: Uint8Array) => void = () => {}
   onClose: (error?: ThroughlineError) => void = () => {}
   onDrain: () => void = () => {}
+  /** Hands each decoded frame to `onFrame` (one function for the link's life, not one per chunk). */
+  readonly #deliver = (frame: Uint8Array): void => this.onFrame(frame)
+  readonly #uncork = (): void => {
+    this.#corked = false
+    this.socket.uncork()
+  }
 
   constructor(socket: net.Socket, maxFrameSize: number) {
     this.socket = socket
@@ -43,7 +49,7 @@ export class TcpLink implements Link {
     socket.on('data', (chunk: Buffer) => {
       if (this.#closed) return
       try {
-        this.#decoder.push(chunk, (f) => this.onFrame(f))
+        this.#decoder.push(chunk, this.#deliver)
       } catch (err) {
         this.close(isThroughlineError(err) ? err : tlError('ERR_MALFORMED_ENVELOPE', String(err), { cause: err }))
       }
@@ -62,14 +68,15 @@ export class TcpLink implements Link {
     if (this.#corked) return
     this.#corked = true
     this.socket.cork()
-    process.nextTick(() => {
-      this.#corked = false
-      this.socket.uncork()
-    })
+    process.nextTick(this.#uncork)
   }
 
   writeFrame(head: Buffer, payload: Uint8Array): boolean {
-    head.writeUInt32BE(head.length - TCP_LENGTH_PREFIX + payload.length, 0)
+    const length = head.length - TCP_LENGTH_PREFIX + payload.length
+    head[0] = length >>> 24
+    head[1] = (length >>> 16) & 0xff
+    head[2] = (length >>> 8) & 0xff
+    head[3] = length & 0xff
     this.#cork()
     this.socket.write(head)
     if (payload.length > 0) this.socket.write(payload)

@@ -7,4 +7,6 @@
 export * from './types.ts'
 export * from './software.ts'
 export * from './identity.ts'
+export * from './tpm-vault.ts'
+export * from './tpm-identity.ts'
 export * as tpm from './tpm/index.ts'

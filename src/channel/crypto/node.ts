@@ -40,6 +40,14 @@ import type { CryptoPrimitives, CryptoProvider } from './types.ts'
 export const JS_AEAD_BELOW = 256
 
 /**
+ * Spare bytes left before every sealed output, in the same buffer, and announced on it under the
+ * registered symbol `throughline.aead.headroom` (session.ts `SEAL_HEADROOM`): a transport session
+ * writes its 9-byte header there instead of copying the ciphertext into a new buffer.
+ */
+const SEAL_HEADROOM = 16
+const HEADROOM: unique symbol = Symbol.for('throughline.aead.headroom')
+
+/**
  * Inputs of at most this many bytes are hashed/MACed by the JS SHA-256 of sha256.ts: for these
  * sizes a native Hash/Hmac object costs more (construction and GC) than the hashing itself.
  */
@@ -59,9 +67,12 @@ const CACHE_SIZE = 256
 class Lru<K, V> {
   readonly #map = new Map<K, V>()
   readonly #size: number
+  readonly #onDrop: ((value: V) => void) | undefined
 
-  constructor(size: number) {
+  /** `onDrop` sees every value that leaves the map (evicted, replaced or deleted). */
+  constructor(size: number, onDrop?: (value: V) => void) {
     this.#size = size
+    this.#onDrop = onDrop
   }
 
   get(key: K): V | undefined {
@@ -74,12 +85,16 @@ class Lru<K, V> {
   }
 
   set(key: K, value: V): void {
+    this.delete(key)
     this.#map.set(key, value)
-    if (this.#map.size > this.#size) this.#map.delete(this.#map.keys().next().value!)
+    if (this.#map.size > this.#size) this.delete(this.#map.keys().next().value!)
   }
 
   delete(key: K): void {
+    const value = this.#map.get(key)
+    if (value === undefined) return
     this.#map.delete(key)
+    this.#onDrop?.(value)
   }
 }
 
@@ -100,7 +115,7 @@ function b64url(bytes: Uint8Array): string {
 }
 
 /** Private KeyObjects by secret-key array (identity, then bytes compared in constant time). */
-const privateKeys = new Lru<Uint8Array, CachedPrivateKey>(CACHE_SIZE)
+const privateKeys = new Lru<Uint8Array, CachedPrivateKey>(CACHE_SIZE, (entry) => entry.bytes.fill(0))
 /** Public KeyObjects by the base64url of the key (public data, so a string key is fine). */
 const publicKeys = new Lru<string, KeyObject>(CACHE_SIZE)
 
@@ -159,14 +174,23 @@ const primitives: CryptoPrimitives = {
   },
 
   seal(key, nonce, ad, plaintext) {
-    if (plaintext.length < JS_AEAD_BELOW) return new ChaCha20Poly1305(key).seal(nonce, plaintext, ad)
-    const cipher = createCipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAGLEN })
-    if (ad.length > 0) cipher.setAAD(ad, { plaintextLength: plaintext.length })
-    const body = cipher.update(plaintext)
-    cipher.final()
-    const out = Buffer.allocUnsafeSlow(body.length + TAGLEN)
-    out.set(body, 0)
-    out.set(cipher.getAuthTag(), body.length)
+    // One buffer: SEAL_HEADROOM spare bytes | ciphertext | tag. The caller gets the view after the
+    // spare bytes, marked, so that a transport session can put its header there without copying
+    // the ciphertext again (session.ts).
+    // (a plain Uint8Array view, not a Buffer: callers rely on slice() making a copy)
+    const length = plaintext.length
+    const whole = Buffer.allocUnsafe(SEAL_HEADROOM + length + TAGLEN)
+    const out: Uint8Array & { [HEADROOM]?: number } = new Uint8Array(whole.buffer, whole.byteOffset + SEAL_HEADROOM, length + TAGLEN)
+    if (length < JS_AEAD_BELOW) new ChaCha20Poly1305(key).seal(nonce, plaintext, ad, out)
+    else {
+      const cipher = createCipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAGLEN })
+      if (ad.length > 0) cipher.setAAD(ad, { plaintextLength: length })
+      const body = cipher.update(plaintext)
+      cipher.final()
+      out.set(body, 0)
+      out.set(cipher.getAuthTag(), length)
+    }
+    out[HEADROOM] = SEAL_HEADROOM
     return out
   },
 
@@ -218,11 +242,7 @@ const primitives: CryptoPrimitives = {
   },
 
   releaseKey(secretKey) {
-    const hit = privateKeys.get(secretKey)
-    if (hit !== undefined) {
-      hit.bytes.fill(0)
-      privateKeys.delete(secretKey)
-    }
+    privateKeys.delete(secretKey) // wipes the cached copy of the bytes
   },
 }
 

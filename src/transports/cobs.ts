@@ -44,21 +44,30 @@ export class CobsEncoder {
     let at = this.#at
     let code = this.#code
     let codeAt = this.#codeAt
-    for (let i = start; i < end; i++) {
+    let i = start
+    while (i < end) {
       // a full block is closed only when another byte follows it (no code byte after the last)
       if (code === 0xff) {
         out[codeAt] = 0xff
         codeAt = at++
         code = 1
       }
-      const b = data[i]!
-      if (b === 0) {
+      // copy the non-zero run that fits in the block (native search and copy)
+      const stop = Math.min(end, i + (0xff - code))
+      const z = data.subarray(i, stop).indexOf(0)
+      const take = z < 0 ? stop - i : z
+      if (take > 0) {
+        out.set(data.subarray(i, i + take), at)
+        at += take
+        code += take
+        i += take
+      }
+      if (z >= 0) {
+        // a zero ends the block
         out[codeAt] = code
         codeAt = at++
         code = 1
-      } else {
-        out[at++] = b
-        code++
+        i++
       }
     }
     this.#at = at

@@ -350,14 +350,9 @@ export class SerialFrameDecoder {
       }
       // DATA: copy the block's bytes that are in this chunk; a 0x00 inside cuts the frame short
       const run = Math.min(this.#remaining, n - i)
-      let z = -1
-      for (let k = i; k < i + run; k++) {
-        if (chunk[k] === SERIAL_DELIMITER) {
-          z = k
-          break
-        }
-      }
-      const take = z < 0 ? run : z - i
+      const zi = chunk.subarray(i, i + run).indexOf(SERIAL_DELIMITER)
+      const z = zi < 0 ? -1 : i + zi
+      const take = z < 0 ? run : zi
       if (this.#len + take > cap) {
         this.#reject('length')
         this.#state = HUNT

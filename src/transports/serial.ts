@@ -308,10 +308,26 @@ export class SerialLink implements Link {
       framing,
       stats,
     )
+    // partial messages that stopped receiving fragments are dropped now and then; the time this
+    // process itself could not run (a stalled event loop) does not count against them, and
+    // bytes that arrived meanwhile are read before the check
     const timeout = this.decoder.options.reassemblyTimeout
+    const interval = Math.max(10, Math.min(1000, Math.floor(timeout / 2)))
+    const now = this.decoder.options.now
+    let due = now() + interval
     this.#sweep = setInterval(() => {
-      if (!this.#paused) this.decoder.expire()
-    }, Math.max(10, Math.min(1000, Math.floor(timeout / 2))))
+      const t = now()
+      const late = t - due
+      due = t + interval
+      if (this.#paused || this.#closed) return
+      if (late > timeout / 2) {
+        this.decoder.refresh(t)
+        return
+      }
+      setImmediate(() => {
+        if (!this.#paused && !this.#closed) this.decoder.expire()
+      })
+    }, interval)
     this.#sweep.unref()
   }
 
@@ -446,6 +462,7 @@ export class SerialTransport extends BaseTransport {
   }
 
   async #open(path: string, baudRate: number, signal?: AbortSignal): Promise<OpenedPort> {
+    if (signal?.aborted === true) throw tlError('ERR_ABORTED', `opening serial ${path} was aborted`)
     const opening = Promise.resolve()
       .then(() => this.#openPort(path, baudRate))
       .then(async (port) => ({ port, device: await deviceOf(path) }))

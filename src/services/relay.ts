@@ -158,7 +158,13 @@ export class RelayService {
       {
         // The forwarder ends the sender's flow: what it emits follows the registered route only.
         handleMessage: (fctx, m) => {
-          const onward = reg.route.concat(m.onward.slice(1))
+          // onward = the registered route, then the rest of the message's route (hot path: no concat/slice)
+          const r = reg.route
+          const rest = m.onward
+          const onward = new Array<Address>(r.length + rest.length - 1)
+          let i = 0
+          for (; i < r.length; i++) onward[i] = r[i]!
+          for (let j = 1; j < rest.length; j++) onward[i++] = rest[j]!
           fctx.forward(m, { onward, local: { producer: m.local.producer, connection: m.local.connection } })
         },
       },

@@ -3,8 +3,6 @@
 // and real pseudo-terminal pairs made by socat with the real serialport binding (the compliance
 // suite, 1,000 × 1 KiB, unplug and replug).
 import t, { type Test } from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { EventEmitter } from 'node:events'
 import { Duplex } from 'node:stream'
@@ -25,6 +23,7 @@ import {
 import { keepPollerInterest } from '../src/transports/serial.ts'
 import { openSerialPort } from '../src/transports/index.ts'
 import { transportCompliance } from './compliance/transport.ts'
+import { ptyPair, type PtyPair } from './helpers/pty.ts'
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex')
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
@@ -655,46 +654,6 @@ t.test('serialport poller work-around: every poll asks for all the events someon
 })
 
 // ---------------------------------------------------------------- real pseudo-terminals (socat)
-
-interface PtyPair {
-  a: string
-  b: string
-  proc: ChildProcess
-  stop(): Promise<void>
-}
-
-/** A socat pty pair linked at DIR/a and DIR/b; stopped by its PID. */
-async function ptyPair(dir: string): Promise<PtyPair> {
-  mkdirSync(dir, { recursive: true })
-  const a = join(dir, 'a')
-  const b = join(dir, 'b')
-  const proc = spawn('socat', ['-d', '-d', `pty,raw,echo=0,link=${a}`, `pty,raw,echo=0,link=${b}`], { stdio: ['ignore', 'ignore', 'pipe'] })
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()))
-  let err = ''
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`socat did not start: ${err}`)), 5000)
-    proc.stderr!.on('data', (d: Buffer) => {
-      err += d.toString()
-      if (err.includes('starting data transfer loop')) {
-        clearTimeout(timer)
-        resolve()
-      }
-    })
-    proc.once('error', (e) => {
-      clearTimeout(timer)
-      reject(e)
-    })
-  })
-  return {
-    a,
-    b,
-    proc,
-    stop: async () => {
-      if (proc.exitCode === null && proc.signalCode === null) process.kill(proc.pid!, 'SIGTERM')
-      await exited
-    },
-  }
-}
 
 t.test('compliance: serial over socat pty pairs, real serialport binding', async (t) => {
   const root = t.testdir()

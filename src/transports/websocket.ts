@@ -7,12 +7,16 @@
  * ciphertext: deflate costs 35x and saves nothing) and `ws` enforces the frame limit through
  * `maxPayload`, from the frame header, before the message is allocated.
  *
- * Sending: a frame whose payload is small is sent as one WebSocket frame (head and payload copied
- * into one buffer: the copy is cheaper than a second frame header and write); a larger payload is
- * sent without a copy, as two fragments of one message (`fin: false` for the head, then the
- * payload). Writes are batched: the socket is corked on the first write of an event-loop turn and
- * uncorked on the next tick, as on TCP. `writeFrame` returns false once `bufferedAmount` is over
- * a high-water mark (1 MiB); `onDrain` follows the socket's 'drain'.
+ * Sending: each frame is one binary WebSocket message of a single WebSocket frame, whose header
+ * the link writes itself, straight to the socket (ws's own `send` would take a second header
+ * buffer and write, and for a client a second copy: see {@link WebSocketLink.writeFrame}). A
+ * client masks head and payload in one pass into one buffer (a reused one for frames of 4-68
+ * KiB); a server copies a small payload behind its head and header, and writes a larger one (over
+ * {@link WS_COALESCE_MAX}) uncopied after them. (A receiver sees the same message as from
+ * `ws.send`: how a message is cut into frames carries no meaning in WebSocket, RFC 6455 §5.4.)
+ * Writes are batched: the socket is corked on the first write of an event-loop turn and uncorked
+ * on the next tick, as on TCP. `writeFrame` returns false once `bufferedAmount` is over a
+ * high-water mark (1 MiB); `onDrain` follows the socket's 'drain'.
  *
  * Hostile input closes only that connection, with a typed error: a message over the limit
  * (ERR_FRAME_TOO_LARGE, close code 1009), a text message (ERR_WS_PROTOCOL, 1003), bytes that are
@@ -20,8 +24,10 @@
  *
  * @module
  */
+import { randomFillSync } from 'node:crypto'
 import http from 'node:http'
 import https from 'node:https'
+import { createRequire } from 'node:module'
 import type net from 'node:net'
 import { WebSocket, WebSocketServer, type ClientOptions, type RawData } from 'ws'
 import { tlError, type ErrorCode, type ThroughlineError } from '../errors.ts'
@@ -35,8 +41,8 @@ import type { Link, ListenOptions, TransportOptions } from './types.ts'
 /** `bufferedAmount` (bytes) over which `writeFrame` returns false. */
 export const WS_HIGH_WATER_MARK = 1024 * 1024
 /**
- * Payloads up to this size are copied behind their head and sent as one WebSocket frame; larger
- * ones are sent uncopied as a second fragment of the same message.
+ * Payloads up to this size are copied behind their head (one socket write); larger ones are
+ * written uncopied after it (a server's frames; a client masks every byte into a new buffer anyway).
  */
 export const WS_COALESCE_MAX = 16 * 1024
 /** How long a close handshake may take before the socket is destroyed (ms). */
@@ -48,6 +54,70 @@ export const WSS_PREFIX = 'wss:'
 const EMPTY = Buffer.alloc(0)
 const SEND_WHOLE = { binary: true, fin: true, compress: false } as const
 const SEND_FIRST = { binary: true, fin: false, compress: false } as const
+
+// ---------------------------------------------------------------- frame writing (RFC 6455 §5.2)
+
+/** `mask(source, key, output, offset, length)`: output[offset + i] = source[i] ^ key[i & 3]. */
+type MaskFn = (source: Uint8Array, key: Uint8Array, output: Uint8Array, offset: number, length: number) => void
+
+const jsMask: MaskFn = (source, key, output, offset, length) => {
+  for (let i = 0; i < length; i++) output[offset + i] = source[i]! ^ key[i & 3]!
+}
+
+/** bufferutil's native mask (as ws uses it: from 48 bytes, and not with WS_NO_BUFFER_UTIL), else a loop. */
+const mask: MaskFn = (() => {
+  if (process.env['WS_NO_BUFFER_UTIL']) return jsMask
+  try {
+    const native = (createRequire(import.meta.url)('bufferutil') as { mask: MaskFn }).mask
+    return (source, key, output, offset, length) => (length < 48 ? jsMask(source, key, output, offset, length) : native(source, key, output, offset, length))
+  } catch {
+    return jsMask
+  }
+})()
+
+/** Random masking keys, drawn from a pool refilled by the CSPRNG (as ws does). */
+const KEY_POOL_SIZE = 8192
+const keyPool = Buffer.alloc(KEY_POOL_SIZE)
+let keyAt = KEY_POOL_SIZE
+
+/**
+ * A client's masked frames of more than FRAME_POOL_MIN and at most FRAME_POOL_BYTES bytes (a
+ * 64 KiB payload, as a Noise message at most, with its head) are built in reusable buffers, each
+ * back in the pool once its socket write has completed. A new 64 KiB buffer per frame would cost
+ * little to allocate, but V8 counts the bytes as external memory and runs a full GC every 64 MB
+ * of it: at wire speed, several times a second. Smaller frames come from Node's own buffer pool.
+ */
+const FRAME_POOL_BYTES = 68 * 1024
+const FRAME_POOL_MIN = 4 * 1024
+/** Buffers the pool keeps at most (what goes over is left to the GC). */
+const FRAME_POOL_KEEP = 32
+const framePool: Buffer[] = []
+
+/** Bytes of a frame header (without a masking key) for a payload of `length` bytes. */
+const headerLength = (length: number): number => (length < 126 ? 2 : length < 65536 ? 4 : 10)
+
+/** Writes the header of a final binary frame of `length` payload bytes at `buf[0]`. */
+function writeHeader(buf: Buffer, length: number, masked: boolean): void {
+  buf[0] = 0x82 // FIN, opcode 2 (binary)
+  const m = masked ? 0x80 : 0
+  if (length < 126) {
+    buf[1] = m | length
+  } else if (length < 65536) {
+    buf[1] = m | 126
+    buf[2] = length >>> 8
+    buf[3] = length & 0xff
+  } else {
+    buf[1] = m | 127
+    buf.writeUInt32BE(Math.floor(length / 0x1_0000_0000), 2)
+    buf.writeUInt32BE(length >>> 0, 6)
+  }
+}
+
+/** The parts of ws's internal Sender the direct write path checks (ws 8). */
+interface WsSenderState {
+  _state?: number
+  _bufferedBytes?: number
+}
 
 /** WebSocket close codes (RFC 6455 §7.4.1). */
 export const WS_CLOSE = {
@@ -111,6 +181,13 @@ export class WebSocketLink implements Link {
   #closed = false
   #blocked = false
   #error: ThroughlineError | undefined
+  /** A client masks what it sends (RFC 6455 §5.3); a server does not. */
+  readonly #masked: boolean
+  /** ws's Sender, to check that it holds nothing back before the link writes a frame itself. */
+  readonly #sender: WsSenderState | undefined
+  /** The masking key of the frame being written, and the same key rotated for the payload. */
+  readonly #key = Buffer.alloc(4)
+  readonly #rotated = Buffer.alloc(4)
   onFrame: (frame: Uint8Array) => void = () => {}
   onClose: (error?: ThroughlineError) => void = () => {}
   onDrain: () => void = () => {}
@@ -122,7 +199,10 @@ export class WebSocketLink implements Link {
   constructor(ws: WebSocket, remote: string) {
     this.ws = ws
     this.remote = remote
-    this.socket = (ws as unknown as { _socket: net.Socket })._socket
+    const internals = ws as unknown as { _socket: net.Socket; _isServer?: boolean; _sender?: WsSenderState | null }
+    this.socket = internals._socket
+    this.#masked = internals._isServer !== true
+    this.#sender = internals._sender ?? undefined
     ws.binaryType = 'nodebuffer'
     ws.on('message', (data: RawData, isBinary: boolean) => {
       if (this.#closed) return
@@ -154,9 +234,92 @@ export class WebSocketLink implements Link {
     process.nextTick(this.#uncork)
   }
 
+  /**
+   * Writes one frame as one binary message. While the WebSocket is open and ws's Sender holds
+   * nothing back (it never does without permessage-deflate), the link writes the WebSocket frame
+   * itself: one header, then head and payload (a client masks both, with one key, into one buffer,
+   * reused for frames up to 68 KiB; ws.send would mask into a new buffer per send and add a header
+   * buffer and a write).
+   * Otherwise it leaves the message to ws.send (after close, that only counts it in bufferedAmount).
+   */
   writeFrame(head: Buffer, payload: Uint8Array): boolean {
     if (this.#closed) return true
     this.#cork()
+    const sender = this.#sender
+    if (this.ws.readyState === WebSocket.OPEN && sender !== undefined && sender._state === 0 && sender._bufferedBytes === 0) {
+      if (this.#masked) this.#writeMasked(head, payload)
+      else this.#writeUnmasked(head, payload)
+    } else {
+      this.#send(head, payload)
+    }
+    if (this.ws.bufferedAmount >= WS_HIGH_WATER_MARK) {
+      this.#blocked = true
+      return false
+    }
+    return true
+  }
+
+  /** A client's frame: header, masking key, then head and payload masked into the same buffer. */
+  #writeMasked(head: Buffer, payload: Uint8Array): void {
+    const h = head.length
+    const n = payload.length
+    const length = h + n
+    const at = headerLength(length)
+    const size = at + 4 + length
+    let pooled: Buffer | undefined
+    let frame: Buffer
+    if (size > FRAME_POOL_MIN && size <= FRAME_POOL_BYTES) {
+      pooled = framePool.pop() ?? Buffer.allocUnsafeSlow(FRAME_POOL_BYTES)
+      frame = pooled.subarray(0, size)
+    } else {
+      frame = Buffer.allocUnsafe(size)
+    }
+    writeHeader(frame, length, true)
+    if (keyAt === KEY_POOL_SIZE) {
+      randomFillSync(keyPool)
+      keyAt = 0
+    }
+    const key = this.#key
+    for (let i = 0; i < 4; i++) key[i] = frame[at + i] = keyPool[keyAt++]!
+    mask(head, key, frame, at + 4, h)
+    // the payload goes on at message offset h: the key, rotated by h
+    const rotated = this.#rotated
+    for (let i = 0; i < 4; i++) rotated[i] = key[(h + i) & 3]!
+    mask(payload, rotated, frame, at + 4 + h, n)
+    if (pooled === undefined) {
+      this.socket.write(frame)
+    } else {
+      const buf = pooled
+      // written (the socket holds it no more): back to the pool; after a failed write, left to the GC
+      this.socket.write(frame, (err?: Error | null) => {
+        if (err == null && framePool.length < FRAME_POOL_KEEP) framePool.push(buf)
+      })
+    }
+  }
+
+  /** A server's frame: header and head, then the payload (copied behind them when small). */
+  #writeUnmasked(head: Buffer, payload: Uint8Array): void {
+    const h = head.length
+    const n = payload.length
+    const length = h + n
+    const at = headerLength(length)
+    if (n <= WS_COALESCE_MAX) {
+      const frame = Buffer.allocUnsafe(at + length)
+      writeHeader(frame, length, false)
+      head.copy(frame, at)
+      frame.set(payload, at + h)
+      this.socket.write(frame)
+    } else {
+      const first = Buffer.allocUnsafe(at + h)
+      writeHeader(first, length, false)
+      head.copy(first, at)
+      this.socket.write(first)
+      this.socket.write(payload)
+    }
+  }
+
+  /** Through ws.send (its Sender queues, or the WebSocket is closing). */
+  #send(head: Buffer, payload: Uint8Array): void {
     const n = payload.length
     if (n === 0) {
       this.ws.send(head, SEND_WHOLE)
@@ -169,11 +332,6 @@ export class WebSocketLink implements Link {
       this.ws.send(head, SEND_FIRST)
       this.ws.send(payload, SEND_WHOLE)
     }
-    if (this.ws.bufferedAmount >= WS_HIGH_WATER_MARK) {
-      this.#blocked = true
-      return false
-    }
-    return true
   }
 
   writeHeartbeat(): void {

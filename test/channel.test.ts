@@ -30,15 +30,8 @@ import {
 } from '../src/channel/index.ts'
 import { decodeIdentityPayload, encodeIdentityPayload, encodePayload1, frame, MSG } from '../src/channel/messages.ts'
 import { isThroughlineError } from '../src/errors.ts'
+import { sleep, until } from './helpers/wait.ts'
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
-async function until(cond: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
-  const end = Date.now() + ms
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await sleep(2)
-  }
-}
 
 interface World {
   net: MemoryNetwork

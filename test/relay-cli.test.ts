@@ -6,8 +6,8 @@ import { Node, Address, silentLogger, route, local, type DropEvent } from '../sr
 import { MemoryNetwork, MemoryTransport } from '../src/transports/index.ts'
 import { RelayClient, RelayService, startEcho } from '../src/services/index.ts'
 import { runCli, startCli } from './helpers/cli.ts'
+import { sleep } from './helpers/wait.ts'
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
 async function relaySetup(t: Test, lease?: number) {
   const network = new MemoryNetwork()

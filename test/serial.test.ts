@@ -24,17 +24,10 @@ import { keepPollerInterest } from '../src/transports/serial.ts'
 import { openSerialPort } from '../src/transports/index.ts'
 import { transportCompliance } from './compliance/transport.ts'
 import { ptyPair, type PtyPair } from './helpers/pty.ts'
+import { sleep, until } from './helpers/wait.ts'
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex')
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
-async function until(cond: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
-  const end = Date.now() + ms
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await sleep(5)
-  }
-}
 
 /** A seeded PRNG (mulberry32): the corruption tests are reproducible. */
 function prng(seed: number): () => number {

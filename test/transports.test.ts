@@ -6,9 +6,9 @@ import { randomBytes } from 'node:crypto'
 import { Node, Address, silentLogger, lineLogger, route, encodeHead, encodeEnvelope, local, type DropEvent } from '../src/router/index.ts'
 import { FrameDecoder, MemoryTransport, MemoryNetwork, TcpTransport, type ConnectionEvent } from '../src/transports/index.ts'
 import { transportCompliance } from './compliance/transport.ts'
+import { sleep } from './helpers/wait.ts'
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex')
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
 t.test('compliance: tcp', async (t) => {
   await transportCompliance(t, {

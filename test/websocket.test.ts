@@ -19,16 +19,9 @@ import {
   type WebSocketListener,
 } from '../src/transports/index.ts'
 import { transportCompliance } from './compliance/transport.ts'
+import { sleep, until } from './helpers/wait.ts'
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex')
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
-async function until(cond: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
-  const end = Date.now() + ms
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await sleep(5)
-  }
-}
 
 /** A self-signed P-256 certificate for 127.0.0.1 / localhost, made in a test directory. */
 function makeCert(t: Test): { cert: string; key: string } {

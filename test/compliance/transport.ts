@@ -6,6 +6,7 @@
 import type { Test } from 'tap'
 import { Node, silentLogger, type Address, type Message, type DropEvent, route } from '../../src/router/index.ts'
 import type { BaseTransport, Connection, Listener, ConnectionEvent, TransportOptions } from '../../src/transports/index.ts'
+import { sleep, until } from '../helpers/wait.ts'
 
 export interface TransportUnderTest {
   name: string
@@ -27,15 +28,7 @@ export interface TransportUnderTest {
   pointToPoint?: boolean
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
-async function until(cond: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
-  const end = Date.now() + ms
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await sleep(5)
-  }
-}
 
 export async function transportCompliance(t: Test, tut: TransportUnderTest): Promise<void> {
   const setup = async (t: Test, opts: { server?: TransportOptions; client?: TransportOptions; allow?: string[] } = {}) => {

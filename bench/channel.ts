@@ -486,6 +486,7 @@ async function main(): Promise<void> {
     if (process.env.BENCH_NOISE_MS !== undefined) env.BENCH_MS = process.env.BENCH_NOISE_MS
     if (process.env.BENCH_NOISE_WARMUP_MS !== undefined) env.BENCH_WARMUP_MS = process.env.BENCH_NOISE_WARMUP_MS
     if (process.env.BENCH_NOISE_ROUNDS !== undefined) env.BENCH_ROUNDS = process.env.BENCH_NOISE_ROUNDS
+    env.BENCH_NO_WRITE = '1' // its figures are embedded in this bench's results file
     const proc = spawn(process.execPath, [...TS_LOADER, join(root, 'bench', 'noise.ts')], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] })
     const child = new Child('noise bench', proc)
     child.stopping = true // its exit is expected

@@ -224,9 +224,9 @@ async function libp2p(): Promise<() => void> {
 crossValidate()
 const results = measureInterleaved({ floor: nativeFloor(), node: ours('node'), portable: ours('portable'), libp2p: await libp2p() })
 const { floor, node, portable, libp2p: baseline } = results
-process.stdout.write(
-  JSON.stringify({
+const json = JSON.stringify({
     bench: 'noise-xx-handshake',
+    date: new Date().toISOString(),
     unit: 'complete XX handshakes per second, both sides in one process, empty payloads',
     crossValidated: true,
     node,
@@ -239,5 +239,12 @@ process.stdout.write(
     nodeShareOfFloor: Number((node.handshakesPerSec / floor.handshakesPerSec).toFixed(2)),
     measureMs: MEASURE_MS,
     nodeVersion: process.version,
-  }) + '\n',
-)
+  })
+process.stdout.write(json + '\n')
+// also kept in bench/results/noise-<date>.json (unless BENCH_NO_WRITE=1, as when bench/channel.ts embeds it)
+if (process.env['BENCH_NO_WRITE'] !== '1') {
+  const { mkdirSync, writeFileSync } = await import('node:fs')
+  const dir = new URL('./results/', import.meta.url)
+  mkdirSync(dir, { recursive: true })
+  writeFileSync(new URL(`noise-${new Date().toISOString().replace(/:/g, '-').replace(/\.\d+Z$/, 'Z')}.json`, dir), json + '\n')
+}

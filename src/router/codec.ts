@@ -53,12 +53,13 @@ function texts(r: readonly Address[], start = 0): string[] {
   return out
 }
 
-/** The reference encoder (msgpackr), used for what the fast encoder does not handle. */
-function encodeHeadMsgpackr(onward: readonly Address[], start: number, ret: readonly Address[], reserve: number): Buffer {
-  const header = packr.pack({ o: texts(onward, start), r: texts(ret) })
-  const hlen = header.length
-  const varintLen = hlen < 0x80 ? 1 : hlen < 0x4000 ? 2 : 3
-  const head = Buffer.allocUnsafe(reserve + 1 + varintLen + hlen)
+/** Bytes of the varint that encodes a header length (headers stay below 2^21). */
+function varintLength(hlen: number): number {
+  return hlen < 0x80 ? 1 : hlen < 0x4000 ? 2 : 3
+}
+
+/** Writes `version | varint hlen` at `reserve`; returns where the header goes. */
+function writeVersionAndLength(head: Buffer, reserve: number, hlen: number): number {
   let p = reserve
   head[p++] = ENVELOPE_VERSION
   let v = hlen
@@ -67,6 +68,15 @@ function encodeHeadMsgpackr(onward: readonly Address[], start: number, ret: read
     v >>>= 7
   }
   head[p++] = v
+  return p
+}
+
+/** The reference encoder (msgpackr), used for what the fast encoder does not handle. */
+function encodeHeadMsgpackr(onward: readonly Address[], start: number, ret: readonly Address[], reserve: number): Buffer {
+  const header = packr.pack({ o: texts(onward, start), r: texts(ret) })
+  const hlen = header.length
+  const head = Buffer.allocUnsafe(reserve + 1 + varintLength(hlen) + hlen)
+  const p = writeVersionAndLength(head, reserve, hlen)
   header.copy(head, p)
   return head
 }
@@ -184,16 +194,8 @@ function encodeFast(onward: readonly Address[], start: number, ret: readonly Add
     scratch.length = 0
     return encodeHeadMsgpackr(onward, start, ret, reserve)
   }
-  const varintLen = hlen < 0x80 ? 1 : hlen < 0x4000 ? 2 : 3
-  const head = Buffer.allocUnsafe(reserve + 1 + varintLen + hlen)
-  let p = reserve
-  head[p++] = ENVELOPE_VERSION
-  let v = hlen
-  while (v >= 0x80) {
-    head[p++] = (v & 0x7f) | 0x80
-    v >>>= 7
-  }
-  head[p++] = v
+  const head = Buffer.allocUnsafe(reserve + 1 + varintLength(hlen) + hlen)
+  let p = writeVersionAndLength(head, reserve, hlen)
   head[p++] = MAP_O[0]
   head[p++] = MAP_O[1]
   head[p++] = MAP_O[2]

@@ -289,22 +289,27 @@ t.test('permessage-deflate is off on both ends, whatever the client offers', asy
   t.equal(((bc.link as unknown as { ws: WebSocket }).ws).extensions, '', 'browser shim: declined')
 })
 
-t.test('backpressure: writeFrame returns false over the high-water mark; onDrain follows', async (t) => {
-  // a raw ws server that stops reading until told
+/** A raw ws server that stops reading each client until told (`peer.resume()`), counting bytes. */
+async function pausedWsServer(t: Test, options: { perMessageDeflate?: false }) {
   const { WebSocketServer } = await import('ws')
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false, maxPayload: 4 * 1024 * 1024 })
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, maxPayload: 4 * 1024 * 1024, ...options })
   await new Promise<void>((resolve) => wss.once('listening', () => resolve()))
-  let peer: WebSocket | undefined
-  let received = 0
+  const state = { wss, peer: undefined as WebSocket | undefined, received: 0 }
   wss.on('connection', (ws) => {
-    peer = ws
+    state.peer = ws
     ws.pause()
-    ws.on('message', (d: Buffer) => void (received += d.length))
+    ws.on('message', (d: Buffer) => void (state.received += d.length))
   })
   t.teardown(() => new Promise<void>((resolve) => {
     for (const c of wss.clients) c.terminate()
     wss.close(() => resolve())
   }))
+  return state
+}
+
+t.test('backpressure: writeFrame returns false over the high-water mark; onDrain follows', async (t) => {
+  const sink = await pausedWsServer(t, { perMessageDeflate: false })
+  const { wss } = sink
   const { ct } = await goodClient(t, { heartbeatInterval: 0 })
   const port = (wss.address() as net.AddressInfo).port
   const conn = await ct.connect(`127.0.0.1:${port}`)
@@ -315,7 +320,7 @@ t.test('backpressure: writeFrame returns false over the high-water mark; onDrain
     drains++
     onDrain()
   }
-  await until(() => peer !== undefined, 3000, 'server side')
+  await until(() => sink.peer !== undefined, 3000, 'server side')
   const payload = randomBytes(64 * 1024)
   let writes = 0
   let sent = 0
@@ -329,28 +334,16 @@ t.test('backpressure: writeFrame returns false over the high-water mark; onDrain
   sent += 2 + payload.length
   t.ok(link.ws.bufferedAmount >= WS_HIGH_WATER_MARK, `false at bufferedAmount ${link.ws.bufferedAmount} after ${writes + 1} frames`)
   t.equal(drains, 0, 'no drain yet')
-  peer!.resume()
+  sink.peer!.resume()
   await until(() => drains === 1, 10_000, 'drain')
   t.ok(link.ws.bufferedAmount < WS_HIGH_WATER_MARK, 'drained under the mark')
-  await until(() => received === sent, 10_000, 'everything arrives')
-  t.equal(received, sent, `${sent} bytes arrived`)
+  await until(() => sink.received === sent, 10_000, 'everything arrives')
+  t.equal(sink.received, sent, `${sent} bytes arrived`)
 })
 
 t.test('browser link: backpressure by polling bufferedAmount, and frames queued while paused', async (t) => {
-  const { WebSocketServer } = await import('ws')
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, maxPayload: 4 * 1024 * 1024 })
-  await new Promise<void>((resolve) => wss.once('listening', () => resolve()))
-  let peer: WebSocket | undefined
-  let received = 0
-  wss.on('connection', (ws) => {
-    peer = ws
-    ws.pause()
-    ws.on('message', (d: Buffer) => void (received += d.length))
-  })
-  t.teardown(() => new Promise<void>((resolve) => {
-    for (const c of wss.clients) c.terminate()
-    wss.close(() => resolve())
-  }))
+  const sink = await pausedWsServer(t, {})
+  const { wss } = sink
   const b = await new Node({ name: 'browser', logger: silentLogger }).start()
   t.teardown(() => b.stop())
   const bt = new BrowserWebSocketTransport(b, { WebSocket: ShimWebSocket, heartbeatInterval: 0, highWaterMark: 256 * 1024 })
@@ -366,7 +359,7 @@ t.test('browser link: backpressure by polling bufferedAmount, and frames queued 
   }
   const frames: Uint8Array[] = []
   link.onFrame = (f) => void frames.push(f)
-  await until(() => peer !== undefined, 3000, 'server side')
+  await until(() => sink.peer !== undefined, 3000, 'server side')
   const payload = randomBytes(64 * 1024)
   let writes = 0
   while (link.writeFrame(hex('01 00'), payload) && writes < 100_000) {
@@ -374,12 +367,12 @@ t.test('browser link: backpressure by polling bufferedAmount, and frames queued 
     if (writes % 16 === 0) await sleep(1)
   }
   t.ok(writes < 100_000, `writeFrame returned false after ${writes + 1} frames`)
-  peer!.resume()
+  sink.peer!.resume()
   await until(() => drains === 1, 10_000, 'drain by polling')
   t.pass('onDrain after bufferedAmount fell')
   // paused: frames are held, then delivered in order on resume
   link.pause()
-  for (let i = 0; i < 5; i++) peer!.send(Buffer.from([i]))
+  for (let i = 0; i < 5; i++) sink.peer!.send(Buffer.from([i]))
   await sleep(100)
   t.equal(frames.length, 0, 'nothing delivered while paused')
   link.resume()
@@ -388,8 +381,8 @@ t.test('browser link: backpressure by polling bufferedAmount, and frames queued 
   t.ok(frames.every((f) => f instanceof Uint8Array), 'frames are Uint8Array views of the ArrayBuffer')
   // a text message from the server closes the link with ERR_WS_PROTOCOL
   const closedWith = new Promise<string | undefined>((resolve) => conn.onClose((e) => resolve(e?.code)))
-  const peerClose = new Promise<number>((resolve) => peer!.on('close', (c: number) => resolve(c)))
-  peer!.send('text')
+  const peerClose = new Promise<number>((resolve) => sink.peer!.on('close', (c: number) => resolve(c)))
+  sink.peer!.send('text')
   t.equal(await closedWith, 'ERR_WS_PROTOCOL', 'a text message: ERR_WS_PROTOCOL')
   t.equal(await peerClose, 4003, 'the browser link closes with 3000 + 1003')
 })

@@ -67,6 +67,7 @@ import { SecureChannels, SoftwareIdentity, type SecureChannel } from '../src/cha
 import { local, Node, parseRoute, silentLogger, type Address } from '../src/router/index.ts'
 import { RelayClient } from '../src/services/index.ts'
 import { MemoryNetwork, MemoryTransport, TcpTransport, type TcpLink } from '../src/transports/index.ts'
+import { spawnRelayCli, stopByPid } from './lib/process.ts'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const SELF = fileURLToPath(import.meta.url)
@@ -339,38 +340,16 @@ async function main(): Promise<void> {
 
     /** Stops the process by its PID: SIGTERM, then SIGKILL after 3 s. */
     async stop(): Promise<void> {
-      const p = this.proc
-      if (p.exitCode !== null || p.signalCode !== null) return
-      this.stopping = true
-      const exited = once(p, 'exit')
-      p.kill('SIGTERM')
-      const t = setTimeout(() => p.kill('SIGKILL'), 3000)
-      await exited
-      clearTimeout(t)
+      if (this.proc.exitCode === null && this.proc.signalCode === null) this.stopping = true
+      await stopByPid(this.proc)
     }
   }
 
   /** The relay node: the real CLI, `node bin/throughline.js node start --tcp 127.0.0.1:0`. */
   async function startRelayCli(): Promise<{ child: Child; address: string }> {
-    const proc = spawn(process.execPath, [...RELAY_NODE_ARGS, join(root, 'bin', 'throughline.js'), 'node', 'start', '--tcp', '127.0.0.1:0', '--name', 'relay', '--log-level', 'warn'], {
-      cwd: root,
-      stdio: ['ignore', 'pipe', 'inherit'],
-    })
-    const child = new Child('relay (CLI)', proc)
-    const address = await new Promise<string>((resolve, reject) => {
-      let buf = ''
-      const t = setTimeout(() => reject(new Error('relay CLI did not print "listening tcp" within 20 s')), 20_000)
-      proc.stdout!.on('data', (d: Buffer) => {
-        buf += d.toString('utf8')
-        const m = /listening tcp (\S+)/.exec(buf)
-        if (m !== null) {
-          clearTimeout(t)
-          resolve(m[1]!)
-        }
-      })
-      proc.once('exit', (code) => reject(new Error(`relay CLI exited (${String(code)}) before listening`)))
-    })
-    return { child, address }
+    let child: Child | undefined
+    const { address } = await spawnRelayCli(root, RELAY_NODE_ARGS, (proc) => (child = new Child('relay (CLI)', proc)))
+    return { child: child!, address }
   }
 
   /** The sink process (see sinkMain), on dist/ or src/; waits for its `ready` (registered at R). */

@@ -52,6 +52,7 @@ import type { SerialTransportOptions } from '../src/transports/serial.ts'
 import type { TcpLink } from '../src/transports/tcp.ts'
 import type { WebSocketLink } from '../src/transports/websocket.ts'
 import { ptyPair, type PtyPair } from './lib/pty.ts'
+import { stopByPid } from './lib/process.ts'
 
 const MEASURE_MS = Number(process.env.BENCH_MS ?? 3000)
 const WARMUP_MS = Number(process.env.BENCH_WARMUP_MS ?? 1000)
@@ -181,14 +182,8 @@ class Sink {
 
   /** Stops the process by its PID: SIGTERM, then SIGKILL after 3 s. */
   async stop(): Promise<void> {
-    const p = this.proc
-    if (p.exitCode !== null || p.signalCode !== null) return
-    this.#stopping = true
-    const exited = once(p, 'exit')
-    p.kill('SIGTERM')
-    const t = setTimeout(() => p.kill('SIGKILL'), 3000)
-    await exited
-    clearTimeout(t)
+    if (this.proc.exitCode === null && this.proc.signalCode === null) this.#stopping = true
+    await stopByPid(this.proc)
   }
 }
 

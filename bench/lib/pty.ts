@@ -1,6 +1,6 @@
 /**
- * A socat pseudo-terminal pair for the benches (copied from test/helpers/pty.ts, so that bench
- * code does not import test code): `socat -d -d pty,raw,echo=0,link=DIR/a pty,raw,echo=0,link=DIR/b`.
+ * A socat pseudo-terminal pair for the benches and the serial tests (test/helpers/pty.ts
+ * re-exports it): `socat -d -d pty,raw,echo=0,link=DIR/a pty,raw,echo=0,link=DIR/b`.
  * The pair is stopped by socat's own PID. A pty ignores the baud rate.
  */
 import { spawn, type ChildProcess } from 'node:child_process'

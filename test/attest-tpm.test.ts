@@ -2,7 +2,9 @@
 // channel-minted handle, checked here with node:crypto alone (signature over SHA-256(TPMS_ATTEST),
 // extraData = the handle, pcrDigest = SHA-256 of the reported PCR values, the event log replayed
 // from reset PCRs reproduces them); failures for a wrong handle, an extend outside the log, forged
-// contexts, aborts and vault errors; the measurement log across save/load and a TPM restart.
+// contexts, aborts and vault errors; the measurement log across save/load and a TPM restart; and
+// appraisal by the Verifier (src/attest/verifier.ts) with the AK pinned, including one
+// reference-value set that appraises both the sim platform and the TPM measured the same way.
 // swtpm proves protocol correctness, not silicon binding: it has no manufacturer EK.
 import t, { type Test } from 'tap'
 import { createHash, createPublicKey, randomBytes, verify } from 'node:crypto'
@@ -15,6 +17,8 @@ import { decodeQuoteBody } from '../src/attest/evidence.ts'
 import { deriveHandle, mintContext } from '../src/attest/handle.ts'
 import { FORMAT, HANDLE_ALG, type AttestationContext, type EventLogEntry, type Evidence } from '../src/attest/types.ts'
 import { MeasurementLog, Tpm2Attester, bootRecipeEvents, pcrResetValue, replayLog, type BootRecipe, type PcrBank } from '../src/attest/tpm2.ts'
+import { ReferenceValues, Verifier, newLogCursor, type LogCursor } from '../src/attest/verifier.ts'
+import { SimAttester, SimPlatform, SimRoot } from '../src/attest/sim.ts'
 import { startSwtpm, swtpmAvailable, type Swtpm } from './helpers/swtpm.ts'
 
 const noSwtpm = swtpmAvailable() ? false : 'swtpm is not installed (scripts install swtpm swtpm-tools tpm2-tools in CI)'
@@ -83,12 +87,25 @@ function checkByHand(ev: Evidence, expectedHandle: Uint8Array) {
   return { body, attest, sig, ak, signatureOk, handleOk, digestOk, replayOk: replayMismatch.length === 0, replayMismatch }
 }
 
+/** The appraisal request for evidence over `c` (the relying party's own view of the handshake). */
+function request(ev: Evidence, c: { hPoint: Uint8Array; staticPub: Uint8Array }, log: LogCursor = newLogCursor()) {
+  return { evidence: ev, expectedHandle: deriveHandle('R', 'tpm2', c.hPoint, c.staticPub), attesterStaticPub: c.staticPub, log }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+
 t.test('boot recipe, replay and log validation (no TPM)', async (t) => {
   const ev = bootRecipeEvents(RECIPE)
   t.same(
     ev.map((e) => [e.pcr, e.type]),
-    [[0, 'firmware'], [1, 'config'], [4, 'bootloader'], [7, 'secureboot'], [10, 'app']],
+    [[0, 'firmware'], [1, 'config'], [4, 'bootloader'], [7, 'secure-boot'], [10, 'app']],
   )
+  t.same(
+    bootRecipeEvents({ ...RECIPE, firmwareImage: 'image', kernel: 'k' }).map((e) => [e.pcr, e.type, Buffer.from(e.data).toString()]),
+    [[0, 'firmware', 'image'], [1, 'config', '{"debug":false,"svn":3,"firmware":"fw-1.4.2"}'], [4, 'bootloader', RECIPE.bootloader], [7, 'secure-boot', RECIPE.secureBoot], [7, 'kernel', 'k'], [10, 'app', RECIPE.app]],
+    'firmwareImage replaces the PCR 0 data; a kernel follows secure boot on PCR 7',
+  )
+  t.throws(() => bootRecipeEvents({ ...RECIPE, kernel: 5 as unknown as string }), { code: 'ERR_INVALID_ARGUMENT' })
   t.equal(Buffer.from(ev[1]!.data).toString(), '{"debug":false,"svn":3,"firmware":"fw-1.4.2"}', 'config is this exact UTF-8 JSON')
   t.throws(() => bootRecipeEvents({ ...RECIPE, svn: -1 }), { code: 'ERR_INVALID_ARGUMENT' })
   t.throws(() => bootRecipeEvents({ ...RECIPE, debug: 'no' as unknown as boolean }), { code: 'ERR_INVALID_ARGUMENT' })
@@ -107,6 +124,10 @@ t.test('boot recipe, replay and log validation (no TPM)', async (t) => {
   t.equal(big.data, undefined, 'data over MAX_EVENT_DATA: digest only')
   t.equal(log.length, 6)
   t.same(log.entries(4).map((e) => e.type), ['app', 'blob'])
+  const ref = log.referenceSet('golden', [0, 10, 11, 12])
+  const replayed = replayByHand(log.entries())
+  t.same(ref, { name: 'golden', pcrs: { 0: hex(replayed.get(0)), 10: hex(replayed.get(10)), 11: hex(replayed.get(11)), 12: '00'.repeat(32) } }, 'referenceSet: the values the log predicts')
+  t.equal(log.referenceSet('x', [1], 1234).expires, 1234)
   t.same([...replayLog(log.entries()).entries()].map(([i, v]) => [i, hex(v)]), [...replayByHand(log.entries()).entries()].map(([i, v]) => [i, hex(v)]))
   await t.rejects(log.measure(24, 'x', 'y'), { code: 'ERR_INVALID_ARGUMENT' })
   await t.rejects(log.measure(1, '', 'y'), { code: 'ERR_INVALID_ARGUMENT' })
@@ -178,7 +199,7 @@ t.test('tpm2 attester against swtpm (protocol correctness only: swtpm has no man
     const full = await attester.attest(channelContext().ctx)
     const delta = await attester.attest(channelContext(3).ctx)
     t.equal(delta.log?.from, 3)
-    t.same(delta.log?.entries.map((e) => e.type), ['secureboot', 'app'])
+    t.same(delta.log?.entries.map((e) => e.type), ['secure-boot', 'app'])
     t.same(full.log?.entries.slice(3).map((e) => hex(e.digest)), delta.log?.entries.map((e) => hex(e.digest)))
     const ahead = await attester.attest(channelContext(99).ctx)
     t.equal(ahead.log?.from, 0, 'a cursor past the log (re-measured after a TPM restart): the whole log')
@@ -209,7 +230,7 @@ t.test('tpm2 attester against swtpm (protocol correctness only: swtpm has no man
     const forged = { role: 'R', suite: 'tpm2', handle: new Uint8Array(32), logFrom: 0 } as const
     await t.rejects(attester.attest(forged), { code: 'ERR_INVALID_ARGUMENT' }, 'a hand-made context is refused (no quote oracle)')
     await t.rejects(attester.attest({ ...channelContext().ctx }), { code: 'ERR_INVALID_ARGUMENT' }, 'a copy of a minted context is refused too')
-    await t.rejects(attester.attest(mintContext('R', 'sim', randomBytes(32), randomBytes(32))), { code: 'ERR_INVALID_ARGUMENT' }, 'a context minted for sim')
+    await t.rejects(attester.attest(mintContext('R', 'sim', randomBytes(32), randomBytes(32))), { code: 'ERR_ATTEST_PROVER_FAILED' }, 'a context minted for sim (as the sim attester refuses tpm2)')
 
     const ac = new AbortController()
     ac.abort()
@@ -257,8 +278,10 @@ t.test('tpm2 attester against swtpm (protocol correctness only: swtpm has no man
     await swtpm.restart() // startup-clear: every PCR back to its reset value
     const after = await loaded.check()
     t.same(after, { ok: false, mismatched: QUOTED }, 'the log no longer matches the reset PCRs')
-    const stale = channelContext()
-    const cs = checkByHand(await a2.attest(stale.ctx), deriveHandle('R', 'tpm2', stale.hPoint, stale.staticPub))
+    const stale = channelContext(5)
+    const staleEv = await a2.attest(stale.ctx)
+    t.equal(staleEv.log?.from, 0, 'the TPM was reset since the previous quote: the log from 0, whatever the cursor')
+    const cs = checkByHand(staleEv, deriveHandle('R', 'tpm2', stale.hPoint, stale.staticPub))
     t.ok(cs.signatureOk && cs.handleOk && cs.digestOk, 'the AK still quotes after the restart')
     t.same(cs.body.pcrs.map(([, v]) => hex(v)), QUOTED.map(() => '00'.repeat(32)), 'PCRs reset to zero')
     t.notOk(cs.replayOk, 'a stale log fails the replay')
@@ -268,6 +291,7 @@ t.test('tpm2 attester against swtpm (protocol correctness only: swtpm has no man
     const fresh = channelContext()
     const cf = checkByHand(await a2.attest(fresh.ctx), deriveHandle('R', 'tpm2', fresh.hPoint, fresh.staticPub))
     t.ok(cf.signatureOk && cf.handleOk && cf.digestOk && cf.replayOk, 'evidence verifies again after re-measuring')
+    t.equal((await a2.attest(channelContext(5).ctx)).log?.from, 5, 'no reset since the previous quote: the delta from the cursor again')
     t.same(cf.body.pcrs, c.body.pcrs, 'the same boot recipe gives the same PCR values')
 
     t.equal((await MeasurementLog.load(vault, join(dir, 'missing.json'), { missingOk: true })).length, 0, 'missingOk: an empty log')
@@ -281,5 +305,100 @@ t.test('tpm2 attester against swtpm (protocol correctness only: swtpm has no man
     await t.rejects(MeasurementLog.load(vault, badPath), { code: 'ERR_ATTEST_EVIDENCE' })
     writeFileSync(badPath, '{"format":"throughline-measurement-log","version":1,"entries":[{"pcr":99,"type":"x","digest":"' + '00'.repeat(32) + '"}]}')
     await t.rejects(MeasurementLog.load(vault, badPath), { code: 'ERR_ATTEST_EVIDENCE', message: /bad\.json: event log: an entry has no PCR index/ }, 'a PCR index out of range')
+  })
+  await t.test('appraised by the Verifier: AK pinned, reference values from the measured PCRs → affirming; changes after them → not', async (t) => {
+    const { vault } = await tpm(t)
+    const log = new MeasurementLog(vault)
+    const attester = await Tpm2Attester.create({ vault, eventLog: log })
+    await log.measureBoot(RECIPE)
+    const measured = await vault.pcrRead(QUOTED)
+    const refs = new ReferenceValues([{ name: 'device-golden', pcrs: Object.fromEntries(QUOTED.map((p) => [p, hex(measured.get(p))])) }])
+    t.same(log.referenceSet('device-golden'), refs.list()[0], 'MeasurementLog.referenceSet predicts the same values')
+    const verifier = new Verifier({ id: 'test-verifier', trustAnchors: { tpmAks: [await attester.akPublicSpki()] }, referenceValues: refs })
+
+    const c1 = channelContext()
+    const r1 = await verifier.appraise(request(await attester.attest(c1.ctx), c1))
+    t.equal(r1.status, 'affirming', `affirming (${r1.reason ?? ''} ${r1.detail ?? ''})`)
+    t.equal(r1.suite, 'tpm2')
+    t.equal(r1.trustVector.hardware, 2, 'hardware 2: a pinned TPM AK')
+    t.equal(r1.trustVector.executables, 2, 'executables 2: the reference values match')
+    t.equal(r1.trustVector.configuration, 2, 'configuration 2: debug off')
+    t.match(r1.claims, { svn: 3, debug: false, firmware: 'fw-1.4.2' })
+    t.same(Buffer.from(r1.nonce), Buffer.from(deriveHandle('R', 'tpm2', c1.hPoint, c1.staticPub)))
+    t.same(Buffer.from(r1.keyAttestation.pub), Buffer.from(c1.staticPub))
+
+    // delta evidence across rounds of one channel: the second round sends only what the cursor lacks
+    const cursor = newLogCursor()
+    const ra = channelContext(cursor.count)
+    t.equal((await verifier.appraise(request(await attester.attest(ra.ctx), ra, cursor))).status, 'affirming')
+    t.equal(cursor.count, 5)
+    await sleep(5) // the verifier wants the TPM clock (ms) to advance between rounds on one cursor
+    const rb = channelContext(cursor.count)
+    const evb = await attester.attest(rb.ctx)
+    t.same([evb.log?.from, evb.log?.entries.length], [5, 0], 'round 2: an empty delta from the cursor')
+    t.equal((await verifier.appraise(request(evb, rb, cursor))).status, 'affirming', 'round 2 affirming on the cursor')
+
+    const wrong = channelContext()
+    const rw = await verifier.appraise(request(await attester.attest(wrong.ctx), channelContext()))
+    t.same([rw.status, rw.reason], ['contraindicated', 'handle_mismatch'], 'evidence for another handshake')
+
+    const unpinned = new Verifier({ id: 'other', trustAnchors: { tpmAks: [] }, referenceValues: refs })
+    const cu = channelContext()
+    const ru = await unpinned.appraise(request(await attester.attest(cu.ctx), cu))
+    t.same([ru.status, ru.reason], ['contraindicated', 'unknown_ak'], 'an AK the verifier did not enrol')
+
+    // measured (and logged) after the reference values were taken: a warning, not affirming
+    await log.measure(10, 'app', 'an app update the reference values do not know')
+    const cm = channelContext()
+    const rm = await verifier.appraise(request(await attester.attest(cm.ctx), cm))
+    t.same([rm.status, rm.reason], ['warning', 'reference_mismatch'], 'a logged change after the reference values')
+    t.equal(rm.trustVector.executables, 33)
+
+    // extended without the log: the replay fails hard
+    await vault.pcrExtend(4, sha256(Buffer.from('rogue bootloader, not logged')))
+    const cx = channelContext()
+    const rx = await verifier.appraise(request(await attester.attest(cx.ctx), cx))
+    t.same([rx.status, rx.reason], ['contraindicated', 'log_replay_mismatch'], 'an unlogged extend')
+  })
+
+  await t.test('one reference-value set for both suites: the sim boot measured into the TPM gives the sim platform PCRs', async (t) => {
+    const { vault } = await tpm(t)
+    const log = new MeasurementLog(vault)
+    const attester = await Tpm2Attester.create({ vault, eventLog: log })
+    const root = SimRoot.generate()
+    const platform = new SimPlatform({ root, firmware: 'sim-fw-1.0', svn: 1 })
+    await log.measureBoot({
+      firmware: 'sim-fw-1.0',
+      svn: 1,
+      debug: false,
+      firmwareImage: 'sim-firmware sim-fw-1.0',
+      bootloader: 'sim-bootloader 1',
+      secureBoot: 'sim-secure-boot enabled',
+      kernel: 'sim-kernel 1',
+      app: 'sim-app throughline',
+    })
+    t.same(
+      log.entries().map((e) => [e.pcr, e.type, hex(e.digest)]),
+      platform.eventLog.map((e) => [e.pcr, e.type, hex(e.digest)]),
+      'the same events as the sim platform boot',
+    )
+    const tpmValues = await vault.pcrRead(QUOTED)
+    t.same(QUOTED.map((p) => hex(tpmValues.get(p))), platform.pcrValues(QUOTED).map(([, v]) => hex(v)), 'the same PCR values')
+
+    const refs = new ReferenceValues([platform.referenceSet('sim-golden')])
+    const verifier = new Verifier({ id: 'both', trustAnchors: { tpmAks: [await attester.akPublicSpki()], simRoots: [root.publicKeySpki] }, referenceValues: refs })
+    const ct = channelContext()
+    const rt = await verifier.appraise(request(await attester.attest(ct.ctx), ct))
+    t.equal(rt.status, 'affirming', `tpm2 evidence affirming under the sim reference set (${rt.reason ?? ''} ${rt.detail ?? ''})`)
+    const hPoint = randomBytes(32)
+    const staticPub = randomBytes(32)
+    const rs = await verifier.appraise({
+      evidence: await new SimAttester(platform).attest(mintContext('R', 'sim', hPoint, staticPub)),
+      expectedHandle: deriveHandle('R', 'sim', hPoint, staticPub),
+      attesterStaticPub: staticPub,
+      log: newLogCursor(),
+    })
+    t.same([rs.trustVector.executables, rs.trustVector.configuration], [2, 2], 'sim evidence matches the same reference set and config policy')
+    t.same([rs.status, rs.reason], ['warning', 'sim_untrusted'], 'sim stays below affirming under the default policy')
   })
 })

@@ -37,6 +37,9 @@
  * matches the TPM, and evidence fails the verifier's replay. {@link MeasurementLog.check} detects
  * this; {@link MeasurementLog.clear} then {@link MeasurementLog.measureBoot} re-measures. A process
  * dying between an extend and saving the log leaves the same mismatch, with the same remedy.
+ * The first quote after a TPM reset (its resetCount changed) carries the log from entry 0 whatever
+ * the context's cursor, as the sim attester does: a verifier restarts its cursor on a reset.
+ * Replays start from the reset values (zeros; all ones for the locality PCRs 17–22).
  *
  * @module
  */
@@ -48,26 +51,33 @@ import { TPM_ALG, eccPublicKeyObject, encodeSignature, normalizePcrs } from '../
 import { DEFAULT_PCR_SELECTION, MAX_EVENT_DATA, MAX_LOG_ENTRIES } from './constants.ts'
 import { checkLog, decodeEvidence, encodeEvidence, encodeQuoteBody } from './evidence.ts'
 import { assertMinted } from './handle.ts'
+import type { ReferenceValueSet } from './verifier.ts'
 import { FORMAT, HANDLE_ALG, type AttestationContext, type Attester, type EventLogDelta, type EventLogEntry, type Evidence } from './types.ts'
 
 /** What a {@link MeasurementLog} needs of the TPM: extend and read SHA-256 PCRs ({@link TpmVault} has both). */
 export type PcrBank = Pick<TpmVault, 'pcrExtend' | 'pcrRead'>
 
 /**
- * A synthetic measured boot, the same shape the sim platform measures, so one reference-value
- * policy appraises both suites. {@link bootRecipeEvents} turns it into events.
+ * A synthetic measured boot, the same shape the sim platform measures (sim.ts `SimPlatform`), so
+ * one reference-value policy appraises both suites: the same event types on the same PCRs and
+ * the same config JSON, and — given the same measured bytes — the same PCR values.
+ * {@link bootRecipeEvents} turns it into events. Strings are measured as UTF-8.
  */
 export interface BootRecipe {
-  /** The firmware (its identifier, measured as UTF-8): PCR 0, type `firmware`; also named in the config. */
+  /** The firmware name: named in the config (PCR 1) and, unless {@link firmwareImage} is given, measured into PCR 0. */
   firmware: string
   /** Security version number: in the config (PCR 1). */
   svn: number
   /** Debug mode: in the config (PCR 1). */
   debug: boolean
-  /** The bootloader image: PCR 4, type `bootloader`. */
+  /** What PCR 0 measures (type `firmware`); default the firmware name. The sim measures `sim-firmware <firmware>`. */
+  firmwareImage?: string | Uint8Array
+  /** The bootloader: PCR 4, type `bootloader`. */
   bootloader: string | Uint8Array
-  /** The secure-boot state (policy/db identifier): PCR 7, type `secureboot`. */
+  /** The secure-boot state (policy/db identifier): PCR 7, type `secure-boot`. */
   secureBoot: string | Uint8Array
+  /** The kernel, measured after secure boot into PCR 7 (type `kernel`) when present, as the sim does. */
+  kernel?: string | Uint8Array
   /** The application: PCR 10, type `app`. */
   app: string | Uint8Array
 }
@@ -82,27 +92,36 @@ export interface Measurement {
 const utf8 = (s: string | Uint8Array): Uint8Array => (typeof s === 'string' ? new Uint8Array(Buffer.from(s, 'utf8')) : Uint8Array.from(s))
 
 /**
- * The events of a boot recipe, in measuring order:
- * firmware → PCR 0 (`firmware`), config → PCR 1 (`config`, UTF-8 JSON
- * `{"debug":false,"svn":N,"firmware":"..."}` — exactly these keys in this order), bootloader →
- * PCR 4 (`bootloader`), secure boot → PCR 7 (`secureboot`), app → PCR 10 (`app`).
+ * The events of a boot recipe, in measuring order (the sim platform's order):
+ * ```
+ * PCR 0  firmware     firmwareImage ?? firmware
+ * PCR 1  config       {"debug":false,"svn":N,"firmware":"<firmware>"}  (UTF-8 JSON, exactly these keys in this order)
+ * PCR 4  bootloader   bootloader
+ * PCR 7  secure-boot  secureBoot, then kernel (type `kernel`) when given
+ * PCR 10 app          app
+ * ```
  */
 export function bootRecipeEvents(recipe: BootRecipe): Measurement[] {
   if (recipe === null || typeof recipe !== 'object') throw tlError('ERR_INVALID_ARGUMENT', 'a boot recipe is an object')
   if (typeof recipe.firmware !== 'string') throw tlError('ERR_INVALID_ARGUMENT', 'boot recipe: firmware must be a string')
   if (!Number.isSafeInteger(recipe.svn) || recipe.svn < 0) throw tlError('ERR_INVALID_ARGUMENT', `boot recipe: svn must be a non-negative integer, not ${String(recipe.svn)}`)
   if (typeof recipe.debug !== 'boolean') throw tlError('ERR_INVALID_ARGUMENT', 'boot recipe: debug must be a boolean')
-  for (const k of ['bootloader', 'secureBoot', 'app'] as const) {
-    if (typeof recipe[k] !== 'string' && !(recipe[k] instanceof Uint8Array)) throw tlError('ERR_INVALID_ARGUMENT', `boot recipe: ${k} must be a string or bytes`)
+  for (const k of ['firmwareImage', 'bootloader', 'secureBoot', 'kernel', 'app'] as const) {
+    const optional = k === 'firmwareImage' || k === 'kernel'
+    if ((!optional || recipe[k] !== undefined) && typeof recipe[k] !== 'string' && !(recipe[k] instanceof Uint8Array)) {
+      throw tlError('ERR_INVALID_ARGUMENT', `boot recipe: ${k} must be a string or bytes`)
+    }
   }
   const config = JSON.stringify({ debug: recipe.debug, svn: recipe.svn, firmware: recipe.firmware })
-  return [
-    { pcr: 0, type: 'firmware', data: utf8(recipe.firmware) },
+  const out: Measurement[] = [
+    { pcr: 0, type: 'firmware', data: utf8(recipe.firmwareImage ?? recipe.firmware) },
     { pcr: 1, type: 'config', data: utf8(config) },
     { pcr: 4, type: 'bootloader', data: utf8(recipe.bootloader) },
-    { pcr: 7, type: 'secureboot', data: utf8(recipe.secureBoot) },
-    { pcr: 10, type: 'app', data: utf8(recipe.app) },
+    { pcr: 7, type: 'secure-boot', data: utf8(recipe.secureBoot) },
   ]
+  if (recipe.kernel !== undefined) out.push({ pcr: 7, type: 'kernel', data: utf8(recipe.kernel) })
+  out.push({ pcr: 10, type: 'app', data: utf8(recipe.app) })
+  return out
 }
 
 const sha256 = (...parts: Uint8Array[]): Uint8Array => {
@@ -210,6 +229,17 @@ export class MeasurementLog {
   /** The PCR values the log predicts, replayed from reset values (only the PCRs it touches). */
   replay(): Map<number, Uint8Array> {
     return replayLog(this.#entries)
+  }
+
+  /**
+   * A reference-value set (verifier.ts `ReferenceValues`) of the values the log predicts for `pcrs`
+   * (reset values for PCRs it does not touch): golden values when this log is the approved boot.
+   */
+  referenceSet(name: string, pcrs: readonly number[] = DEFAULT_PCR_SELECTION, expires?: number): ReferenceValueSet {
+    const replayed = this.replay()
+    const values: Record<number, string> = {}
+    for (const p of normalizePcrs(pcrs)) values[p] = Buffer.from(replayed.get(p) ?? pcrResetValue(p)).toString('hex')
+    return expires === undefined ? { name, pcrs: values } : { name, pcrs: values, expires }
   }
 
   /**
@@ -361,6 +391,8 @@ export class Tpm2Attester implements Attester {
   readonly vault: TpmVault
   readonly eventLog: MeasurementLog | undefined
   readonly #akSpki: Uint8Array
+  /** The (obfuscated, per-AK constant offset) resetCount of the previous quote. */
+  #lastResetCount: number | undefined
 
   private constructor(init: { vault: TpmVault; akHandle: string; pcrs: number[]; eventLog: MeasurementLog | undefined; akSpki: Uint8Array }) {
     this.vault = init.vault
@@ -395,21 +427,26 @@ export class Tpm2Attester implements Attester {
 
   /**
    * Evidence over the context's handle: a quote of {@link pcrs} with qualifyingData = handle, and
-   * the log entries from `context.logFrom` (all of them when the log is shorter than that, e.g.
-   * re-measured after a TPM restart). ERR_INVALID_ARGUMENT for a context not minted by a secure
-   * channel or minted for another suite; ERR_ABORTED when `signal` aborts before or during the
-   * quote; every other failure is ERR_ATTEST_PROVER_FAILED with the cause attached.
+   * the log entries from `context.logFrom` — from 0 instead when the log is shorter than that or
+   * the TPM was reset since this attester's previous quote (its resetCount changed: a verifier's
+   * cursor from before the reset restarts at 0, as the sim attester does). ERR_INVALID_ARGUMENT
+   * for a context not minted by a secure channel; ERR_ABORTED when `signal` aborts before or
+   * during the quote; every other failure (a context for another suite included) is
+   * ERR_ATTEST_PROVER_FAILED with the cause attached.
    */
   async attest(context: AttestationContext, signal?: AbortSignal): Promise<Evidence> {
     assertMinted(context)
-    if (context.suite !== 'tpm2') throw tlError('ERR_INVALID_ARGUMENT', `the tpm2 attester got a context minted for suite ${String(context.suite)}`)
+    if (context.suite !== 'tpm2') throw tlError('ERR_ATTEST_PROVER_FAILED', `the tpm2 attester cannot attest for suite ${String(context.suite)}`)
     if (signal?.aborted) throw aborted()
     const handle = context.handle
     const log = this.eventLog
     const run = async (): Promise<{ q: Awaited<ReturnType<TpmVault['quote']>>; delta: EventLogDelta | undefined }> => {
       const q = await this.vault.quote(this.akHandle, handle, this.pcrs)
+      const resetCount = q.parsed.clockInfo.resetCount
+      const reset = this.#lastResetCount !== undefined && this.#lastResetCount !== resetCount
+      this.#lastResetCount = resetCount
       if (log === undefined) return { q, delta: undefined }
-      const from = context.logFrom <= log.length ? context.logFrom : 0
+      const from = !reset && context.logFrom <= log.length ? context.logFrom : 0
       return { q, delta: { from, entries: log.entries(from) } }
     }
     let evidence: Evidence

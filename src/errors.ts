@@ -82,6 +82,16 @@ export const ERROR_CODES = {
   ERR_TPM_TRANSPORT: 'the TPM could not be reached, the connection or device failed, or a response was over the size limit',
   ERR_TPM_MALFORMED: 'a TPM response or TPM structure (TPMS_ATTEST, TPM2B_PUBLIC, a signature) is short or malformed',
 
+  // ---- attestation ----
+  ERR_ATTEST_NO_MATCH: 'the two ends share no attestation suite that one requires of the other',
+  ERR_ATTEST_PROVER_FAILED: 'this node (or the peer) could not produce attestation evidence',
+  ERR_ATTEST_VERIFIER_FAILED: "the appraisal of the peer's evidence or result failed (signature, handle, PCRs, log, clock, endorsement)",
+  ERR_ATTEST_POLICY_DENY: "the peer's attestation result does not meet the policy (e.g. status warning where affirming is required)",
+  ERR_ATTEST_NO_VALID_RESULT: "the peer's attestation result (passport) expired and was not refreshed",
+  ERR_ATTEST_EVIDENCE: 'attestation evidence, an event log, a result token or an endorsement is malformed or over a size limit',
+  ERR_VERIFIER_UNAVAILABLE: 'the verifier service did not answer within the timeout or could not be reached',
+  ERR_VERIFIER_DENIED: 'the verifier service refused an admin request from an identity that is not an admin',
+
   // ---- cli ----
   ERR_CLI_USAGE: 'the command line is not valid',
 } as const

@@ -220,7 +220,7 @@ t.test('every fault knob gives its exact reason', async (t) => {
     f.att.faults.clockRollback = true
     const r = (await round(f, cursor)).result
     t.equal(r.reason, 'clock_check_failed')
-    t.match(r.detail, /TPM clock did not advance/)
+    t.match(r.detail, /TPM clock went back/)
     t.equal(r.trustVector.hardware, 96)
   })
 

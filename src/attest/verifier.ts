@@ -15,7 +15,7 @@
  * | 5 | TPMS_ATTEST parses, magic 0xff544347, type quote; sim: qualifiedSigner = sim AK name | malformed | all 1 → none |
  * | 6 | extraData = expected handle (constant time) | handle_mismatch | instanceIdentity 99 → contraindicated |
  * | 7 | reported PCR values = quoted selection and hash to pcrDigest (hard fail) | pcr_digest_mismatch | executables 99 → contraindicated |
- * | 8 | clock: safe = 1; resetCount, restartCount never decrease; clock increases when both are unchanged, by at most the verifier time elapsed + maxClockSkewMs | clock_unsafe, clock_check_failed | hardware 96 → contraindicated |
+ * | 8 | clock: safe = 1; resetCount, restartCount never decrease; clock never goes back when both are unchanged (TPM clocks tick in ms: two quotes may share one), by at most the verifier time elapsed + maxClockSkewMs | clock_unsafe, clock_check_failed | hardware 96 → contraindicated |
  * | 9 | event-log replay from the cursor reproduces every quoted PCR the log covers; data hashes to its digest; re-sent entries identical | log_cursor_gap (executables 96), log_replay_mismatch (executables 99) | contraindicated |
  *
  * Then the policy, starting pessimistic and upgrading on evidence:
@@ -596,7 +596,7 @@ export class Verifier {
       if (ci.resetCount === prev.resetCount) {
         if (ci.restartCount < prev.restartCount) fail('clock_check_failed', `TPM restartCount went back from ${prev.restartCount} to ${ci.restartCount}`)
         if (ci.restartCount === prev.restartCount) {
-          if (ci.clock <= prev.clock) fail('clock_check_failed', `TPM clock did not advance: ${ci.clock} ms after ${prev.clock} ms with no reset or restart`)
+          if (ci.clock < prev.clock) fail('clock_check_failed', `TPM clock went back: ${ci.clock} ms after ${prev.clock} ms with no reset or restart`)
           const ahead = Number(ci.clock - prev.clock) - (now - prev.at)
           if (ahead > skew) fail('clock_check_failed', `TPM clock advanced ${ci.clock - prev.clock} ms in ${now - prev.at} ms of verifier time (more than ${skew} ms ahead)`)
         }

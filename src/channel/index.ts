@@ -16,6 +16,7 @@ export { CLOSE_CAUSE, type CloseCause, PROLOGUE } from './messages.ts'
 export { Session } from './session.ts'
 export * from './secure-channel.ts'
 export { resolveRoute } from './resolve.ts'
+export { type AttestationOptions, type AppraisalRequest, type EvidenceAppraiser, type PassportSource, checkResult } from './attestation.ts'
 
 // `/secure/NAME` in route text: open a secure channel to the listener NAME at the route so far.
 registerRouteProtocol({

@@ -4,17 +4,22 @@
  *
  * ```
  * router payload = u8 type | body
- *   0x01 HANDSHAKE_1   body = Noise message 1 (payload: { v, versions })         — clear
+ *   0x01 HANDSHAKE_1   body = Noise message 1 (payload: { v, versions, attest? }) — clear
  *   0x02 HANDSHAKE_2   body = Noise message 2 (payload: { v, binding, credentials, attest })
  *   0x03 HANDSHAKE_3   body = Noise message 3 (payload: same shape as 2)
- *   0x04 ABORT         body = msgpack { cause }    a handshake given up (clear, carries no secret)
+ *   0x04 ABORT         body = msgpack { cause, detail? }  a handshake given up (clear: a cause code and a
+ *                      short reason code such as `handle_mismatch`, never evidence or identities)
  *   0x10 TRANSPORT     body = u64be nonce | ChaChaPoly ciphertext; AD = the 9 bytes type|nonce
  *
  * transport plaintext = u8 kind | body
  *   0 DATA       body = router envelope of the inner message (onward rest, return, payload)
  *   1 CLOSE      body = msgpack { cause, detail }
  *   2 KEEPALIVE  body empty
- *   3 READY      body empty: the responder accepted the initiator (sent once, first)
+ *   3 READY      body empty: this end accepted the peer (the responder always; the initiator
+ *                only when its acceptance waits for a post-handshake attestation round)
+ *   4 ATTEST_REQUEST   body = msgpack { seq, nonce, suite, logFrom }   (docs/attestation.md)
+ *   5 ATTEST_EVIDENCE  body = msgpack { seq, ev? , ar? }
+ *   6 ATTEST_RESULT    body = msgpack { seq, status, detail? }
  * ```
  *
  * @module
@@ -24,7 +29,7 @@ import { tlError } from '../errors.ts'
 import type { KeyBinding } from './identity.ts'
 
 export const MSG = { HANDSHAKE_1: 0x01, HANDSHAKE_2: 0x02, HANDSHAKE_3: 0x03, ABORT: 0x04, TRANSPORT: 0x10 } as const
-export const KIND = { DATA: 0, CLOSE: 1, KEEPALIVE: 2, READY: 3 } as const
+export const KIND = { DATA: 0, CLOSE: 1, KEEPALIVE: 2, READY: 3, ATTEST_REQUEST: 4, ATTEST_EVIDENCE: 5, ATTEST_RESULT: 6 } as const
 
 /** Protocol version carried in every handshake payload. */
 export const CHANNEL_VERSION = 1
@@ -43,6 +48,12 @@ export const CLOSE_CAUSE = {
   HANDSHAKE_FAILED: 'HANDSHAKE_FAILED',
   PROTOCOL_ERROR: 'PROTOCOL_ERROR',
   SHUTDOWN: 'SHUTDOWN',
+  // attestation (docs/attestation.md)
+  NO_ATTEST_MATCH: 'NO_ATTEST_MATCH',
+  ATTEST_PROVER_FAILED: 'ATTEST_PROVER_FAILED',
+  ATTEST_VERIFIER_FAILED: 'ATTEST_VERIFIER_FAILED',
+  VERIFIER_UNAVAILABLE: 'VERIFIER_UNAVAILABLE',
+  NO_VALID_RESULT: 'NO_VALID_RESULT',
 } as const
 export type CloseCause = (typeof CLOSE_CAUSE)[keyof typeof CLOSE_CAUSE] | (string & {})
 
@@ -50,6 +61,8 @@ export type CloseCause = (typeof CLOSE_CAUSE)[keyof typeof CLOSE_CAUSE] | (strin
 export interface Payload1 {
   v: number
   versions: number[]
+  /** Attestation requirements of the initiator (suites wanted from the responder); nothing identifying. */
+  attest?: unknown
 }
 
 /** Handshake message 2/3 payload (encrypted). */
@@ -61,8 +74,10 @@ export interface IdentityPayload {
   attest: unknown
 }
 
-export function encodePayload1(): Uint8Array {
-  return pack({ v: CHANNEL_VERSION, versions: [CHANNEL_VERSION] } satisfies Payload1)
+export function encodePayload1(attest?: unknown): Uint8Array {
+  const p: Payload1 = { v: CHANNEL_VERSION, versions: [CHANNEL_VERSION] }
+  if (attest !== undefined) p.attest = attest
+  return pack(p)
 }
 
 export function decodePayload1(bytes: Uint8Array): Payload1 {
@@ -70,7 +85,7 @@ export function decodePayload1(bytes: Uint8Array): Payload1 {
   if (p === null || typeof p !== 'object' || !Array.isArray(p.versions) || !p.versions.includes(CHANNEL_VERSION)) {
     throw tlError('ERR_CHANNEL_MESSAGE', `handshake payload 1 offers no version this node speaks (${CHANNEL_VERSION})`)
   }
-  return { v: Number(p.v), versions: p.versions as number[] }
+  return { v: Number(p.v), versions: p.versions as number[], attest: p.attest ?? undefined }
 }
 
 export function encodeIdentityPayload(binding: KeyBinding, attest: unknown = null, credentials: unknown[] = []): Uint8Array {
@@ -93,13 +108,16 @@ export function frame(type: number, body: Uint8Array): Uint8Array {
   return out
 }
 
-export function encodeAbort(cause: CloseCause): Uint8Array {
-  return frame(MSG.ABORT, pack({ cause }))
+export function encodeAbort(cause: CloseCause, detail = ''): Uint8Array {
+  return frame(MSG.ABORT, pack(detail === '' ? { cause } : { cause, detail: detail.slice(0, 64) }))
 }
 
-export function decodeAbort(body: Uint8Array): CloseCause {
-  const p = safeUnpack(body, 'abort') as { cause?: unknown } | null
-  return typeof p?.cause === 'string' ? p.cause.slice(0, 64) : CLOSE_CAUSE.PROTOCOL_ERROR
+export function decodeAbort(body: Uint8Array): { cause: CloseCause; detail: string } {
+  const p = safeUnpack(body, 'abort') as { cause?: unknown; detail?: unknown } | null
+  return {
+    cause: typeof p?.cause === 'string' ? p.cause.slice(0, 64) : CLOSE_CAUSE.PROTOCOL_ERROR,
+    detail: typeof p?.detail === 'string' ? p.detail.slice(0, 64) : '',
+  }
 }
 
 export function encodeClose(cause: CloseCause, detail: string): Uint8Array {

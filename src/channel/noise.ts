@@ -97,6 +97,15 @@ export interface Handshake {
   isComplete(): boolean
   /** A copy of h: the handshake hash (channel binding) once complete; valid at any point. */
   handshakeHash(): Uint8Array
+  /**
+   * Runs the tokens of the next message this party writes (e.g. "e, ee, s, es") and returns h at
+   * the point where its payload will be encrypted (h2* / h3* of the attestation handle rule), so
+   * the payload may depend on it. The next {@link writeMessage} continues from there. Throws
+   * ERR_HANDSHAKE_FAILED (and then changes nothing).
+   */
+  prepareWrite(): Uint8Array
+  /** A copy of h just before the payload of the last message written or read (undefined before). */
+  payloadHash(): Uint8Array | undefined
   /** A copy of the peer's static public key, once known. */
   remoteStaticKey(): Uint8Array | undefined
   /**
@@ -241,6 +250,10 @@ class HandshakeState implements Handshake {
   #result: [Uint8Array, Uint8Array] | undefined
   #splitTaken = false
   #destroyed = false
+  /** A write whose tokens ran in prepareWrite(), waiting for its payload. */
+  #pending: { draft: Draft; parts: Uint8Array[] } | undefined
+  /** h just before the payload of the last message (the arrays are never written into). */
+  #payloadH: Uint8Array | undefined
 
   constructor(o: HandshakeOptions) {
     if (typeof o !== 'object' || o === null) throw new ThroughlineError('ERR_INVALID_ARGUMENT', 'options required')
@@ -307,39 +320,70 @@ class HandshakeState implements Handshake {
     return this.#state.rs?.slice()
   }
 
+  prepareWrite(): Uint8Array {
+    if (this.#pending !== undefined) return this.#pending.draft.ss.h.slice()
+    const number = this.#index + 1
+    const draft: Draft = { ...this.#state, ss: this.#state.ss.clone(), stage: 'start' }
+    try {
+      this.#checkTurn('write')
+      const parts = this.#writeTokens(draft, this.#pattern.messages[this.#index]!)
+      this.#pending = { draft, parts }
+      return draft.ss.h.slice()
+    } catch (err) {
+      throw this.#failDraft(draft, err, 'write', number)
+    }
+  }
+
+  payloadHash(): Uint8Array | undefined {
+    return this.#payloadH?.slice()
+  }
+
   writeMessage(payload: Uint8Array = EMPTY): Uint8Array {
-    return this.#step('write', (d, tokens) => {
-      if (!(payload instanceof Uint8Array)) throw new HandshakeReason('the payload must be a Uint8Array')
-      const parts: Uint8Array[] = []
-      for (const token of tokens) {
-        d.stage = token
-        if (token === 'e') {
-          // e = GENERATE_KEYPAIR(); buffer.append(e.public_key); MixHash(e.public_key)
-          d.e = this.#fixedE ? { ...this.#fixedE, secretKey: this.#fixedE.secretKey.slice() } : this.#crypto.generateKeyPair()
-          parts.push(d.e.publicKey)
-          d.ss.mixHash(d.e.publicKey)
-          if (this.#pattern.pskCount > 0) d.ss.mixKey(d.e.publicKey) // §9.2
-        } else if (token === 's') {
-          // buffer.append(EncryptAndHash(s.public_key))
-          parts.push(d.ss.encryptAndHash(this.#s!.publicKey))
-        } else {
-          this.#mixToken(d, token)
+    const pending = this.#pending
+    this.#pending = undefined
+    return this.#step(
+      'write',
+      (d, tokens) => {
+        if (!(payload instanceof Uint8Array)) throw new HandshakeReason('the payload must be a Uint8Array')
+        const parts = pending !== undefined ? pending.parts : this.#writeTokens(d, tokens)
+        d.stage = 'payload'
+        this.#payloadH = d.ss.h
+        // buffer.append(EncryptAndHash(payload))
+        parts.push(d.ss.encryptAndHash(payload))
+        let length = 0
+        for (const part of parts) length += part.length
+        if (length > NOISE_MAX_MESSAGE) throw new HandshakeReason(`the message would have ${length} bytes, over ${NOISE_MAX_MESSAGE}`)
+        const message = new Uint8Array(length)
+        let offset = 0
+        for (const part of parts) {
+          message.set(part, offset)
+          offset += part.length
         }
+        return message
+      },
+      pending?.draft,
+    )
+  }
+
+  /** The tokens of a message this party writes, on draft `d`; returns the message parts so far. */
+  #writeTokens(d: Draft, tokens: readonly Token[]): Uint8Array[] {
+    const parts: Uint8Array[] = []
+    for (const token of tokens) {
+      d.stage = token
+      if (token === 'e') {
+        // e = GENERATE_KEYPAIR(); buffer.append(e.public_key); MixHash(e.public_key)
+        d.e = this.#fixedE ? { ...this.#fixedE, secretKey: this.#fixedE.secretKey.slice() } : this.#crypto.generateKeyPair()
+        parts.push(d.e.publicKey)
+        d.ss.mixHash(d.e.publicKey)
+        if (this.#pattern.pskCount > 0) d.ss.mixKey(d.e.publicKey) // §9.2
+      } else if (token === 's') {
+        // buffer.append(EncryptAndHash(s.public_key))
+        parts.push(d.ss.encryptAndHash(this.#s!.publicKey))
+      } else {
+        this.#mixToken(d, token)
       }
-      d.stage = 'payload'
-      // buffer.append(EncryptAndHash(payload))
-      parts.push(d.ss.encryptAndHash(payload))
-      let length = 0
-      for (const part of parts) length += part.length
-      if (length > NOISE_MAX_MESSAGE) throw new HandshakeReason(`the message would have ${length} bytes, over ${NOISE_MAX_MESSAGE}`)
-      const message = new Uint8Array(length)
-      let offset = 0
-      for (const part of parts) {
-        message.set(part, offset)
-        offset += part.length
-      }
-      return message
-    })
+    }
+    return parts
   }
 
   readMessage(message: Uint8Array): Uint8Array {
@@ -366,8 +410,11 @@ class HandshakeState implements Handshake {
         }
       }
       d.stage = 'payload'
+      const h = d.ss.h
       // payload = DecryptAndHash(remaining bytes)
-      return d.ss.decryptAndHash(message.subarray(offset))
+      const payload = d.ss.decryptAndHash(message.subarray(offset))
+      this.#payloadH = h
+      return payload
     })
   }
 
@@ -388,6 +435,11 @@ class HandshakeState implements Handshake {
 
   destroy(): void {
     this.#destroyed = true
+    if (this.#pending !== undefined) {
+      const { draft } = this.#pending
+      this.#pending = undefined
+      this.#failDraft(draft, new Error('destroyed'), 'write', this.#index + 1)
+    }
     this.#wipeHandshakeSecrets()
     if (this.#fixedE) this.#wipeSecret(this.#fixedE.secretKey)
     for (const k of this.#result ?? []) k.fill(0)
@@ -436,14 +488,12 @@ class HandshakeState implements Handshake {
    * Run one message on a draft of the state; commit it only when the whole message succeeded.
    * Every failure becomes ERR_HANDSHAKE_FAILED.
    */
-  #step(kind: 'write' | 'read', run: (d: Draft, tokens: readonly Token[]) => Uint8Array): Uint8Array {
+  #step(kind: 'write' | 'read', run: (d: Draft, tokens: readonly Token[]) => Uint8Array, prepared?: Draft): Uint8Array {
     const number = this.#index + 1
-    const draft: Draft = { ...this.#state, ss: this.#state.ss.clone(), stage: 'start' }
+    const draft: Draft = prepared ?? { ...this.#state, ss: this.#state.ss.clone(), stage: 'start' }
     try {
-      if (this.#destroyed) throw new HandshakeReason('the handshake was destroyed')
-      const next = this.nextStep()
-      if (next === 'complete') throw new HandshakeReason('the handshake is already complete')
-      if (next !== kind) throw new HandshakeReason(`out of turn: this party must ${next} message ${number}`)
+      if (kind === 'read' && this.#pending !== undefined) throw new HandshakeReason(`out of turn: this party must write message ${number}`)
+      this.#checkTurn(kind)
       const out = run(draft, this.#pattern.messages[this.#index]!)
       let result: [Uint8Array, Uint8Array] | undefined
       if (this.#index + 1 === this.#pattern.messages.length) {
@@ -454,17 +504,27 @@ class HandshakeState implements Handshake {
       this.#result = result
       return out
     } catch (err) {
-      // Wipe the secrets only the failed draft made; the committed state stays as it was.
-      if (draft.e !== undefined && draft.e !== this.#state.e) this.#wipeSecret(draft.e.secretKey)
-      if (draft.ss.ownsKeys) draft.ss.wipeKeys()
-      /* c8 ignore next -- everything thrown inside is an Error */
-      const reason = err instanceof Error ? err.message : String(err)
-      throw new ThroughlineError(
-        'ERR_HANDSHAKE_FAILED',
-        `${this.protocolName}: cannot ${kind} message ${number} (at ${stageName(draft.stage)}): ${reason}`,
-        { cause: err, details: { message: number, stage: draft.stage, kind } },
-      )
+      throw this.#failDraft(draft, err, kind, number)
     }
+  }
+
+  #checkTurn(kind: 'write' | 'read'): void {
+    if (this.#destroyed) throw new HandshakeReason('the handshake was destroyed')
+    const next = this.nextStep()
+    if (next === 'complete') throw new HandshakeReason('the handshake is already complete')
+    if (next !== kind) throw new HandshakeReason(`out of turn: this party must ${next} message ${this.#index + 1}`)
+  }
+
+  /** Wipe the secrets only the failed draft made (the committed state stays as it was); the error. */
+  #failDraft(draft: Draft, err: unknown, kind: 'write' | 'read', number: number): ThroughlineError {
+    if (draft.e !== undefined && draft.e !== this.#state.e) this.#wipeSecret(draft.e.secretKey)
+    if (draft.ss.ownsKeys) draft.ss.wipeKeys()
+    /* c8 ignore next -- everything thrown inside is an Error */
+    const reason = err instanceof Error ? err.message : String(err)
+    return new ThroughlineError('ERR_HANDSHAKE_FAILED', `${this.protocolName}: cannot ${kind} message ${number} (at ${stageName(draft.stage)}): ${reason}`, {
+      cause: err,
+      details: { message: number, stage: draft.stage, kind },
+    })
   }
 
   /** Adopt a successful draft; wipe the chaining key and cipher key it superseded. */

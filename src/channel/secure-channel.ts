@@ -22,7 +22,7 @@
  * @module
  */
 import { EventEmitter } from 'node:events'
-import { tlError, type ThroughlineError, isThroughlineError } from '../errors.ts'
+import { tlError, ThroughlineError, isThroughlineError } from '../errors.ts'
 import { AllowList } from '../router/access.ts'
 import { type Address, local, randomLocal } from '../router/address.ts'
 import { decodeEnvelope, encodeHead } from '../router/codec.ts'
@@ -48,6 +48,8 @@ import {
   MSG,
   PROLOGUE,
 } from './messages.ts'
+import { type AttestationHost, type AttestationOptions, ChannelAttestation, causeOf, codeOfCause, decodeRound, parseAttestPayload, resultAttributes } from './attestation.ts'
+import type { AttestationResult } from '../attest/types.ts'
 import { createHandshake, generateKeyPair, type Handshake } from './noise.ts'
 import { Session } from './session.ts'
 import { type PeerIdentity, type TrustPolicy, trustAny } from './trust.ts'
@@ -55,6 +57,8 @@ import { type PeerIdentity, type TrustPolicy, trustAny } from './trust.ts'
 // ---- defaults (documented in docs/limits.md) ----
 /** A handshake not complete within this time (ms) is given up. */
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
+/** The same, when the channel attests (evidence, appraisal or a verifier service in the loop). */
+export const DEFAULT_ATTESTED_HANDSHAKE_TIMEOUT_MS = 30_000
 /** Half-open handshakes one listener holds at once. */
 export const DEFAULT_MAX_HALF_OPEN = 128
 /** A keepalive is sent when nothing was sent for this long (ms). */
@@ -73,6 +77,8 @@ export interface ChannelPolicyOptions {
   handshakeTimeout?: number
   keepaliveInterval?: number
   idleTimeout?: number
+  /** Attestation of the peer (require, verifier, mode, ...) and of this end (attesters, passport). */
+  attestation?: AttestationOptions
 }
 
 export interface SecureChannelsOptions {
@@ -83,6 +89,8 @@ export interface SecureChannelsOptions {
   bindingTtl?: number
   /** The X25519 static key (e.g. from a vault: `vault.x25519KeyPair(handle)`). Default: a fresh one. */
   staticKeyPair?: KeyPair
+  /** Node-wide attestation defaults (typically the attesters and passport); channel options override. */
+  attestation?: AttestationOptions
 }
 
 export interface ListenerOptions extends ChannelPolicyOptions {
@@ -105,6 +113,7 @@ export class SecureChannels {
   readonly crypto: CryptoSpec
   readonly staticKeyPair: KeyPair
   readonly bindingTtl: number
+  readonly attestation: AttestationOptions
   #binding: KeyBinding | undefined
   #bindingPending: Promise<KeyBinding> | undefined
 
@@ -114,6 +123,7 @@ export class SecureChannels {
     this.crypto = options.crypto ?? 'node'
     this.bindingTtl = options.bindingTtl ?? DEFAULT_BINDING_TTL_MS
     this.staticKeyPair = options.staticKeyPair ?? generateKeyPair(this.crypto)
+    this.attestation = options.attestation ?? {}
   }
 
   /** The key binding of this node's static key, signed (again) when half its lifetime is gone. */
@@ -171,6 +181,12 @@ export class SecureChannel extends EventEmitter {
   #lastSent = 0
   #lastReceived = 0
   #settle: ((err?: ThroughlineError) => void) | undefined
+  readonly #attest: ChannelAttestation
+  /** This end accepted the peer (identity, trust, attestation). */
+  #accepted = false
+  /** The peer accepted this end (message 3, or READY). */
+  #peerAccepted = false
+  #remoteStatic: Uint8Array | undefined
   #encCtx: WorkerContext | undefined
   #decCtx: WorkerContext | undefined
   /** Counters, for diagnostics. */
@@ -187,12 +203,45 @@ export class SecureChannel extends EventEmitter {
     this.decryptorAddress = randomLocal()
     this.flow = listenerFlow ?? new AllowList(`secure channel ${this.address.text}`, options.allow ?? [])
     this.#hs = createHandshake({ pattern: 'XX', initiator: role === 'initiator', staticKeyPair: channels.staticKeyPair, prologue: PROLOGUE, crypto: channels.crypto })
+    this.#attest = new ChannelAttestation(this.#attestHost(), { ...channels.attestation, ...options.attestation })
     this.#encCtx = this.node.startWorker(this.address, { handleMessage: (_c, m) => this.#encrypt(m) }, { layer: 'channel' })
     this.#decCtx = this.node.startWorker(this.decryptorAddress, { handleMessage: (_c, m) => this.#receive(m), onStop: () => this.#onNodeStop() }, { layer: 'channel', acceptsNetwork: true })
   }
 
   get state(): State {
     return this.#state
+  }
+
+  /** The peer's attestation result (once appraised; updated by every re-attestation round). */
+  get attestation(): AttestationResult | undefined {
+    return this.#attest.result
+  }
+
+  /** Re-attests the peer now (a round inside the channel); resolves with the new result. */
+  reattest(): Promise<AttestationResult> {
+    return this.#attest.reattest()
+  }
+
+  #attestHost(): AttestationHost {
+    return {
+      role: this.role,
+      now: () => this.node.now(),
+      staticPublicKey: () => this.channels.staticKeyPair.publicKey,
+      remoteStaticKey: () => this.#remoteStatic!,
+      handshakeHash: () => this.#handshakeHash!,
+      identifier: () => this.#peer?.identifier,
+      sendRound: (kind, body) => {
+        if (this.#state !== 'closed' && this.#session !== undefined) this.#sendKind(kind === 'request' ? KIND.ATTEST_REQUEST : kind === 'evidence' ? KIND.ATTEST_EVIDENCE : KIND.ATTEST_RESULT, body)
+      },
+      fail: (err) => this.#fail(err, causeOf(err.code)),
+      gatePassed: () => {
+        if (this.#state !== 'handshake') return
+        this.#accept()
+      },
+      updated: (result) => {
+        if (this.#peer !== undefined) this.#peer = { ...this.#peer, attributes: { ...this.#peer.attributes, ...resultAttributes(result) } }
+      },
+    }
   }
 
   /** The authenticated peer (once the handshake got that far). */
@@ -222,7 +271,7 @@ export class SecureChannel extends EventEmitter {
       }
       signal?.addEventListener('abort', onAbort, { once: true })
       this.#startHandshakeTimer()
-      const msg1 = this.#hs.writeMessage(encodePayload1()) // -> e
+      const msg1 = this.#hs.writeMessage(encodePayload1(this.#attest.payload1())) // -> e
       this.#sendRaw(route, frame(MSG.HANDSHAKE_1, msg1))
     })
   }
@@ -230,13 +279,22 @@ export class SecureChannel extends EventEmitter {
   async #onHandshake2(msg: Message, body: Uint8Array): Promise<void> {
     // <- e, ee, s, es
     const payload = decodeIdentityPayload(this.#hs.readMessage(body), 2)
+    const h2 = this.#hs.payloadHash()!
     this.#peerRoute = msg.return
-    await this.#checkPeer(payload.binding)
+    const a2 = parseAttestPayload(payload.attest, 'handshake payload 2')
+    await this.#checkPeer(payload.binding, async () => {
+      await this.#attest.verifyPayload(a2, h2)
+    })
     if (this.#state !== 'handshake') return
-    // -> s, se
-    const msg3 = this.#hs.writeMessage(encodeIdentityPayload(this.#binding))
+    // -> s, se (the attestation payload binds to h3*, h just before this payload)
+    this.#attest.onPeerRequirements(a2)
+    const attest = await this.#attest.proverPayload(() => this.#hs.prepareWrite())
+    if (this.#state !== 'handshake') return
+    const msg3 = this.#hs.writeMessage(encodeIdentityPayload(this.#binding, attest ?? null))
     this.#split()
     this.#sendRaw(this.#peerRoute, frame(MSG.HANDSHAKE_3, msg3))
+    this.#attest.start()
+    if (!this.#attest.gated) this.#accepted = true
   }
 
   // ------------------------------------------------------------------ handshake: responder
@@ -246,30 +304,58 @@ export class SecureChannel extends EventEmitter {
     this.#startHandshakeTimer()
     try {
       // -> e
-      decodePayload1(this.#hs.readMessage(body))
+      const p1 = decodePayload1(this.#hs.readMessage(body))
       this.#peerRoute = msg.return
-      // <- e, ee, s, es
-      const msg2 = this.#hs.writeMessage(encodeIdentityPayload(this.#binding))
+      this.#attest.onPayload1(p1.attest)
+      // <- e, ee, s, es (the attestation payload binds to h2*, h just before this payload)
+      const attest = await this.#attest.proverPayload(() => this.#hs.prepareWrite())
+      if (this.#state !== 'handshake') return
+      const msg2 = this.#hs.writeMessage(encodeIdentityPayload(this.#binding, attest ?? null))
       this.#sendRaw(this.#peerRoute, frame(MSG.HANDSHAKE_2, msg2))
     } catch (err) {
-      this.#fail(asError(err), CLOSE_CAUSE.HANDSHAKE_FAILED, false)
+      const e = asError(err)
+      if (e.code.startsWith('ERR_ATTEST') || e.code === 'ERR_TIMEOUT') this.#fail(e, causeOf(e.code))
+      else this.#fail(e, CLOSE_CAUSE.HANDSHAKE_FAILED, false)
     }
   }
 
   async #onHandshake3(body: Uint8Array): Promise<void> {
     // -> s, se
     const payload = decodeIdentityPayload(this.#hs.readMessage(body), 3)
+    const h3 = this.#hs.payloadHash()!
     this.#split()
-    await this.#checkPeer(payload.binding)
+    const a3 = parseAttestPayload(payload.attest, 'handshake payload 3')
+    await this.#checkPeer(payload.binding, async () => {
+      await this.#attest.verifyPayload(a3, h3)
+    })
     if (this.#state !== 'handshake') return
+    // Message 3 says the initiator accepted us, unless it attests us in a round first (gate).
+    if (!a3.gate) this.#peerAccepted = true
+    this.#attest.start()
+    if (!this.#attest.gated) this.#accept()
+  }
+
+  /** This end accepted the peer: tell it (READY), and open once the peer accepted this end too. */
+  #accept(): void {
+    if (this.#accepted) return
+    this.#accepted = true
     this.#sendKind(KIND.READY, SEND_EMPTY)
-    this.#opened()
+    this.#maybeOpen()
+  }
+
+  #maybeOpen(): void {
+    if (this.#state === 'handshake' && this.#accepted && this.#peerAccepted && this.#peer !== undefined) this.#opened()
   }
 
   // ------------------------------------------------------------------ handshake: both
 
-  async #checkPeer(binding: KeyBinding): Promise<void> {
+  /**
+   * Identity (key binding), then attestation (so trust policies can read `attest.*` attributes),
+   * then the trust policy. Any refusal fails the handshake with its cause.
+   */
+  async #checkPeer(binding: KeyBinding, attest: () => Promise<void>): Promise<void> {
     const remoteStatic = this.#hs.remoteStaticKey()!
+    this.#remoteStatic = remoteStatic
     let identifier: string
     try {
       identifier = verifyBinding(binding, remoteStatic, this.node.now())
@@ -277,7 +363,17 @@ export class SecureChannel extends EventEmitter {
       this.#fail(asError(err), CLOSE_CAUSE.IDENTITY_INVALID)
       return
     }
-    const peer: PeerIdentity = { identifier, alg: binding.alg, attributes: {} }
+    this.#peer = { identifier, alg: binding.alg, attributes: {} }
+    try {
+      await attest()
+    } catch (err) {
+      const e = asError(err)
+      this.#fail(e, causeOf(e.code))
+      return
+    }
+    if (this.#state !== 'handshake') return
+    const peer: PeerIdentity = this.#peer
+    this.#peer = undefined
     const trust = this.options.trust ?? trustAny()
     let ok = false
     try {
@@ -304,7 +400,8 @@ export class SecureChannel extends EventEmitter {
   }
 
   #startHandshakeTimer(): void {
-    const ms = this.options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT_MS
+    const attested = this.#attest.requires.length > 0 || this.#attest.provides.length > 0
+    const ms = this.options.handshakeTimeout ?? (attested ? DEFAULT_ATTESTED_HANDSHAKE_TIMEOUT_MS : DEFAULT_HANDSHAKE_TIMEOUT_MS)
     this.#timer = setTimeout(() => {
       this.#fail(tlError('ERR_HANDSHAKE_TIMEOUT', `secure channel handshake (${this.role}) did not complete within ${ms} ms`), CLOSE_CAUSE.TIMEOUT)
     }, ms)
@@ -360,8 +457,13 @@ export class SecureChannel extends EventEmitter {
   async #receiveHandshake(msg: Message, type: number, body: Uint8Array): Promise<void> {
     try {
       if (this.#state === 'handshake' && type === MSG.ABORT) {
-        const cause = decodeAbort(body)
-        this.#fail(tlError('ERR_CHANNEL_CLOSED', `the peer gave up the handshake (${cause})`, { details: { cause, by: 'peer' } }), cause, false)
+        const { cause, detail } = decodeAbort(body)
+        const code = codeOfCause(cause)
+        this.#fail(
+          tlError(code === 'ERR_TRUST_POLICY' ? 'ERR_CHANNEL_CLOSED' : code, `the peer gave up the handshake (${cause}${detail ? `: ${detail}` : ''})`, { details: { cause, detail, by: 'peer' } }),
+          cause,
+          false,
+        )
       } else if (this.#state === 'handshake' && this.role === 'initiator' && type === MSG.HANDSHAKE_2 && this.#session === undefined) {
         await this.#onHandshake2(msg, body)
       } else if (this.#state === 'handshake' && this.role === 'responder' && type === MSG.HANDSHAKE_3 && this.#session === undefined) {
@@ -371,7 +473,7 @@ export class SecureChannel extends EventEmitter {
       }
     } catch (err) {
       const e = asError(err)
-      if (this.#state === 'handshake') this.#fail(e, e.code === 'ERR_IDENTITY_INVALID' ? CLOSE_CAUSE.IDENTITY_INVALID : CLOSE_CAUSE.HANDSHAKE_FAILED)
+      if (this.#state === 'handshake') this.#fail(e, causeOf(e.code))
       else this.#reject(e, msg)
     }
   }
@@ -419,20 +521,37 @@ export class SecureChannel extends EventEmitter {
           peer: { identifier: this.#peer!.identifier, attributes: this.#peer!.attributes },
         },
       })
-    } else if (kind === KIND.READY && this.role === 'initiator' && this.#state === 'handshake' && this.#peer !== undefined) {
-      this.#opened()
+    } else if (kind === KIND.READY && this.#state === 'handshake' && !this.#peerAccepted) {
+      this.#peerAccepted = true
+      this.#maybeOpen()
+    } else if (kind === KIND.ATTEST_REQUEST || kind === KIND.ATTEST_EVIDENCE || kind === KIND.ATTEST_RESULT) {
+      this.#onRound(kind, body, msg)
     } else if (kind === KIND.CLOSE) {
       const { cause, detail } = decodeClose(body)
       const err =
         cause === CLOSE_CAUSE.POLICY_DENY
-          ? tlError('ERR_TRUST_POLICY', `the peer does not trust this identity${detail ? `: ${detail}` : ''}`, { details: { cause, by: 'peer' } })
-          : tlError('ERR_CHANNEL_CLOSED', `closed by the peer (${cause}${detail ? `: ${detail}` : ''})`, { details: { cause, by: 'peer' } })
+          ? tlError('ERR_TRUST_POLICY', `the peer does not trust this identity${detail ? `: ${detail}` : ''}`, { details: { cause, detail, by: 'peer' } })
+          : tlError(codeOfCause(cause), `closed by the peer (${cause}${detail ? `: ${detail}` : ''})`, { details: { cause, detail, by: 'peer' } })
       this.#teardown(err)
     } else if (kind === KIND.KEEPALIVE) {
       // only refreshes lastReceived
     } else {
       this.#reject(tlError('ERR_CHANNEL_MESSAGE', `unknown inner message kind ${String(kind)}`), msg)
     }
+  }
+
+  /** Attestation rounds inside the channel (after the handshake keys exist). */
+  #onRound(kind: number, body: Uint8Array, msg: Message): void {
+    let decoded: unknown
+    try {
+      decoded = decodeRound(body)
+    } catch (err) {
+      this.#reject(asError(err), msg)
+      return
+    }
+    const run =
+      kind === KIND.ATTEST_REQUEST ? this.#attest.onRequest(decoded) : kind === KIND.ATTEST_EVIDENCE ? this.#attest.onEvidence(decoded) : Promise.resolve(this.#attest.onResult(decoded))
+    run.catch((err: unknown) => this.#reject(asError(err), msg))
   }
 
   // ------------------------------------------------------------------ sending
@@ -476,14 +595,18 @@ export class SecureChannel extends EventEmitter {
     this.#teardown(tlError('ERR_CHANNEL_CLOSED', `closed locally (${cause}${detail ? `: ${detail}` : ''})`, { details: { cause, by: 'local' } }))
   }
 
-  /** A handshake failure: tell the peer (CLOSE if keys exist, else ABORT), then tear down. */
+  /**
+   * A failure: tell the peer (encrypted CLOSE with a readable detail once keys exist, else a clear
+   * ABORT with only the cause and a short reason code), then tear down.
+   */
   #fail(err: ThroughlineError, cause: CloseCause, tellPeer = true): void {
     if (this.#state === 'closed') return
+    if (err.details?.['cause'] === undefined) err = withCause(err, cause)
     if (tellPeer) {
-      if (this.#session !== undefined) this.#sendKind(KIND.CLOSE, encodeClose(cause, ''))
-      else if (this.#peerRoute.length > 0 || this.role === 'initiator') {
-        if (this.#peerRoute.length > 0) this.#sendRaw(this.#peerRoute, encodeAbort(cause))
-      }
+      const reason = typeof err.details?.['reason'] === 'string' ? err.details['reason'] : ''
+      const attestation = err.code.startsWith('ERR_ATTEST') || err.code.startsWith('ERR_VERIFIER') || err.code === 'ERR_TIMEOUT'
+      if (this.#session !== undefined) this.#sendKind(KIND.CLOSE, encodeClose(cause, attestation ? err.message.replace(/^ERR_[A-Z_]+: /, '') : ''))
+      else if (this.#peerRoute.length > 0) this.#sendRaw(this.#peerRoute, encodeAbort(cause, reason))
     }
     this.#teardown(err)
   }
@@ -501,6 +624,7 @@ export class SecureChannel extends EventEmitter {
     clearInterval(this.#timer)
     this.#session?.destroy()
     this.#hs.destroy()
+    this.#attest.close(err)
     void this.#encCtx?.stop()
     void this.#decCtx?.stop()
     const level = err.code === 'ERR_CHANNEL_CLOSED' || err.code === 'ERR_STOPPED' ? 'debug' : 'warn'
@@ -510,6 +634,13 @@ export class SecureChannel extends EventEmitter {
     if (s !== undefined) s(err)
     if (wasOpen || this.listenerCount('close') > 0) this.emit('close', err)
   }
+}
+
+/** The same error with `details.cause` (the close cause) and `details.by = 'local'` added. */
+function withCause(err: ThroughlineError, cause: CloseCause): ThroughlineError {
+  const e = new ThroughlineError(err.code, err.message.slice(err.code.length + 2), { cause: err.cause, details: { ...err.details, cause, by: 'local' } })
+  e.stack = err.stack
+  return e
 }
 
 function asError(err: unknown): ThroughlineError {

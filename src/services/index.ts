@@ -1,7 +1,8 @@
 /**
- * Services: echo and relay.
+ * Services: echo, relay and verifier.
  *
  * @module
  */
 export * from './echo.ts'
 export * from './relay.ts'
+export * from './verifier.ts'

@@ -1,0 +1,384 @@
+// Attestation bound into secure channels (docs/attestation.md; the §B.9 matrix with the sim
+// attester): evidence in the handshake and in a post-handshake gate, one-way and mutual; passports
+// and background checks through a verifier service; every fault knob with its cause on both ends;
+// replayed and relayed evidence; streaming re-attestation; passport expiry with and without refresh.
+// The memory transport holds no handle open and channel timers are unref'd: keep the loop alive.
+import t, { type Test } from 'tap'
+import { Node, silentLogger, local, route, type Message } from '../src/router/index.ts'
+import { MemoryNetwork, MemoryTransport } from '../src/transports/index.ts'
+import { startEcho } from '../src/services/index.ts'
+import { PassportClient, RemoteVerifier, VerifierService } from '../src/services/verifier.ts'
+import { SecureChannels, SoftwareIdentity, resolveRoute, trustPredicate, type SecureChannel, type SecureListener, type AttestationOptions } from '../src/channel/index.ts'
+import { ReferenceValues, SimAttester, SimPlatform, SimRoot, Verifier, VerifierKey, type Attester, type AttestationResult, type Evidence, type SimFaults } from '../src/attest/index.ts'
+import { isThroughlineError, type ThroughlineError } from '../src/errors.ts'
+import { sleep, until } from './helpers/wait.ts'
+
+const alive = setInterval(() => {}, 1_000)
+t.teardown(() => clearInterval(alive))
+
+interface World {
+  net: MemoryNetwork
+  root: SimRoot
+  mk(name: string): Promise<Node>
+  /** A sim platform + attester for a device. */
+  device(options?: { svn?: number }): { platform: SimPlatform; attester: SimAttester }
+  /** A local verifier trusting the sim root, with reference values for `platforms`. */
+  verifier(platforms: SimPlatform[], options?: { minSvn?: number }): Verifier
+}
+
+function world(t: Test): World {
+  const net = new MemoryNetwork()
+  const root = SimRoot.generate('test-root')
+  return {
+    net,
+    root,
+    async mk(name) {
+      const node = await new Node({ name, logger: silentLogger }).start()
+      node.addTransport(new MemoryTransport(node, { network: net }))
+      await (node.transport(4) as MemoryTransport).listen(name, { allow: ['echo', 'secure', 'secure-attested', 'sink', 'verifier'], transit: true })
+      t.teardown(() => node.stop())
+      return node
+    },
+    device(options = {}) {
+      const platform = new SimPlatform({ root, ...options })
+      return { platform, attester: new SimAttester(platform) }
+    },
+    verifier(platforms, options = {}) {
+      const rv = new ReferenceValues(platforms.map((p, i) => p.referenceSet(`platform-${i}`)))
+      return new Verifier({ id: 'test-verifier', trustAnchors: { simRoots: [root.publicKeySpki] }, referenceValues: rv, policy: { id: 'test', trustSim: true, ...options } })
+    },
+  }
+}
+
+interface Pair {
+  D: Node
+  C: Node
+  dCh: SecureChannels
+  cCh: SecureChannels
+  listener: SecureListener
+  /** Errors of failed handshakes at the listener. */
+  listenerErrors: ThroughlineError[]
+  /** Messages that reached D's sink (with the peer metadata). */
+  sunk: Message[]
+}
+
+/** D (listener `secure`, device) and C (initiator), each with its own attestation options. */
+async function pair(t: Test, w: World, dAttest: AttestationOptions, cNodeAttest: AttestationOptions = {}, listenExtra: Record<string, unknown> = {}): Promise<Pair> {
+  const D = await w.mk(`D${Math.random().toString(16).slice(2, 8)}`)
+  startEcho(D)
+  const sunk: Message[] = []
+  D.startWorker('sink', { handleMessage: (_c, m) => void sunk.push(m) })
+  const dCh = new SecureChannels(D, { identity: SoftwareIdentity.generate(), attestation: { attesters: dAttest.attesters ?? [], ...(dAttest.passport ? { passport: dAttest.passport } : {}) } })
+  const listener = await dCh.listen('secure', { allow: ['echo', 'sink'], attestation: dAttest, handshakeTimeout: 5_000, ...listenExtra })
+  const listenerErrors: ThroughlineError[] = []
+  listener.on('error', (e: ThroughlineError) => listenerErrors.push(e))
+  const C = await w.mk(`C${Math.random().toString(16).slice(2, 8)}`)
+  const cCh = new SecureChannels(C, { identity: SoftwareIdentity.generate(), attestation: cNodeAttest })
+  return { D, C, dCh, cCh, listener, listenerErrors, sunk }
+}
+
+async function connect(p: Pair, attestation: AttestationOptions, extra: Record<string, unknown> = {}): Promise<SecureChannel> {
+  return p.cCh.connect(memRoute(p.D, 'secure'), { attestation, handshakeTimeout: 5_000, ...extra })
+}
+
+function memRoute(node: Node, service: string) {
+  return route(`4#${node.name}`, service)
+}
+
+async function echoThrough(C: Node, ch: SecureChannel, text = 'hello'): Promise<string> {
+  const reply = await C.request([ch.address, local('echo')], Buffer.from(text), { timeout: 3_000 })
+  return Buffer.from(reply.payload).toString()
+}
+
+function causeOf(err: unknown): unknown {
+  return isThroughlineError(err) ? err.details?.['cause'] : undefined
+}
+
+t.test('handshake evidence: responder-only, initiator-only, mutual; post-handshake gate', async (t) => {
+  const w = world(t)
+  for (const mode of ['handshake', 'post-handshake'] as const) {
+    await t.test(`${mode}: the initiator requires sim of the responder`, async (t) => {
+      const dev = w.device()
+      const p = await pair(t, w, { attesters: [dev.attester] })
+      const ch = await connect(p, { require: ['sim'], verifier: w.verifier([dev.platform]), mode })
+      t.equal(ch.attestation?.status, 'affirming')
+      t.equal(ch.attestation?.suite, 'sim')
+      t.same(Buffer.from(ch.attestation!.keyAttestation.pub), Buffer.from(p.dCh.staticKeyPair.publicKey), 'the result is about the static key of this channel')
+      t.equal(ch.peer?.attributes['attest.status'], 'affirming', 'the result is an attribute of the peer')
+      t.equal(await echoThrough(p.C, ch), 'hello')
+    })
+    await t.test(`${mode}: the responder requires sim of the initiator`, async (t) => {
+      const dev = w.device()
+      const cdev = w.device()
+      const p = await pair(t, w, { require: ['sim'], verifier: w.verifier([cdev.platform]), mode }, { attesters: [cdev.attester] })
+      const ch = await connect(p, {})
+      t.equal(ch.attestation, undefined, 'the initiator required nothing')
+      t.equal(await echoThrough(p.C, ch), 'hello')
+      await p.C.send([ch.address, local('sink')], Buffer.from('x'))
+      await until(() => p.sunk.length === 1)
+      t.equal(p.sunk[0]!.local.peer?.attributes?.['attest.status'], 'affirming', 'delivered messages carry the attestation result of the peer')
+      t.equal(p.sunk[0]!.local.peer?.attributes?.['attest.suite'], 'sim')
+      void dev
+    })
+    await t.test(`${mode}: mutual`, async (t) => {
+      const ddev = w.device()
+      const cdev = w.device()
+      const v = w.verifier([ddev.platform, cdev.platform])
+      const p = await pair(t, w, { attesters: [ddev.attester], require: ['sim'], verifier: v, mode }, { attesters: [cdev.attester] })
+      const opened = new Promise<SecureChannel>((r) => p.listener.once('channel', r))
+      const ch = await connect(p, { require: ['sim'], verifier: v, mode })
+      const dSide = await opened
+      t.equal(ch.attestation?.status, 'affirming')
+      t.equal(dSide.attestation?.status, 'affirming')
+      t.same(Buffer.from(dSide.attestation!.keyAttestation.pub), Buffer.from(p.cCh.staticKeyPair.publicKey))
+      t.equal(await echoThrough(p.C, ch), 'hello')
+    })
+  }
+})
+
+t.test('no attestation required: plain channels are unchanged; suites that do not match fail on both ends', async (t) => {
+  const w = world(t)
+  const dev = w.device()
+  const p = await pair(t, w, { attesters: [dev.attester] })
+  const ch = await connect(p, {})
+  t.equal(ch.attestation, undefined)
+  t.equal(await echoThrough(p.C, ch), 'hello')
+
+  const err = await connect(p, { require: ['tpm2'], verifier: w.verifier([]) }).catch((e: unknown) => e)
+  t.match(err, { code: 'ERR_ATTEST_NO_MATCH' })
+  t.equal(causeOf(err), 'NO_ATTEST_MATCH')
+  await until(() => p.listenerErrors.length === 1)
+  t.equal(causeOf(p.listenerErrors[0]), 'NO_ATTEST_MATCH', 'the responder names the same cause')
+  t.match(p.listenerErrors[0]!.message, /no matching attestation suite \(prover side\)/)
+
+  const q = await pair(t, w, { require: ['sim'], verifier: w.verifier([]) })
+  const err2 = await q.cCh.connect(memRoute(q.D, 'secure'), { handshakeTimeout: 5_000 }).catch((e: unknown) => e)
+  t.equal(causeOf(err2), 'NO_ATTEST_MATCH', 'the initiator offers nothing the responder requires')
+  await until(() => q.listenerErrors.length === 1)
+  t.equal(causeOf(q.listenerErrors[0]), 'NO_ATTEST_MATCH')
+})
+
+const KNOBS: [keyof SimFaults, unknown, string, string?][] = [
+  ['corruptSignature', true, 'ATTEST_VERIFIER_FAILED', 'bad_signature'],
+  ['wrongHandle', true, 'ATTEST_VERIFIER_FAILED', 'handle_mismatch'],
+  ['foreignChannelEvidence', true, 'ATTEST_VERIFIER_FAILED', 'handle_mismatch'],
+  ['untrustedRoot', true, 'ATTEST_VERIFIER_FAILED', 'untrusted_root'],
+  ['expiredDeviceCert', true, 'ATTEST_VERIFIER_FAILED', 'endorsement_expired'],
+  ['pcrTamper', true, 'ATTEST_VERIFIER_FAILED', 'pcr_digest_mismatch'],
+  ['logTamper', true, 'ATTEST_VERIFIER_FAILED', 'log_replay_mismatch'],
+  ['logGap', true, 'ATTEST_VERIFIER_FAILED', 'log_cursor_gap'],
+  ['clockUnsafe', true, 'ATTEST_VERIFIER_FAILED', 'clock_unsafe'],
+  ['unknownFormat', true, 'ATTEST_VERIFIER_FAILED', 'unknown_format'],
+  ['debug', true, 'POLICY_DENY', 'debug_enabled'],
+  ['svnBelowMin', true, 'POLICY_DENY', 'svn_below_min'],
+  ['throw', true, 'ATTEST_PROVER_FAILED'],
+  ['delayMs', 3_000, 'TIMEOUT'],
+]
+
+t.test('every fault knob gives its cause on both ends, and nothing is delivered', async (t) => {
+  const w = world(t)
+  for (const [knob, value, cause, reason] of KNOBS) {
+    await t.test(`${knob} → ${cause}${reason ? ` (${reason})` : ''}`, async (t) => {
+      const dev = w.device()
+      ;(dev.attester.faults as unknown as Record<string, unknown>)[knob] = value
+      const timeout = knob === 'delayMs' ? 600 : 5_000
+      const p = await pair(t, w, { attesters: [dev.attester] }, {}, { handshakeTimeout: timeout })
+      const err = await connect(p, { require: ['sim'], verifier: w.verifier([dev.platform], { minSvn: 1 }) }, { handshakeTimeout: timeout }).catch((e: unknown) => e)
+      t.ok(isThroughlineError(err), `the initiator fails with a typed error (${String((err as Error).message)})`)
+      t.equal(causeOf(err), cause, 'initiator cause')
+      if (reason !== undefined) t.equal((err as ThroughlineError).details?.['reason'], reason, 'the reason names the failed check')
+      await until(() => p.listenerErrors.length === 1, 5_000)
+      t.equal(causeOf(p.listenerErrors[0]), cause, 'responder cause')
+      t.equal(p.listener.channelsOpen, 0)
+      t.equal(p.sunk.length, 0)
+    })
+  }
+})
+
+t.test('replayed evidence, evidence from another channel or device, key substitution: all rejected', async (t) => {
+  const w = world(t)
+  const dev = w.device()
+  const v = w.verifier([dev.platform])
+  const p = await pair(t, w, { attesters: [dev.attester] })
+  // A first channel captures D's genuine evidence (as any initiator can).
+  let captured: Evidence | undefined
+  const capture = { appraise: async (r: { evidence: Evidence }) => ((captured = r.evidence), v.appraise(r as never)) }
+  const ch1 = await connect(p, { require: ['sim'], verifier: capture as never })
+  t.equal(ch1.attestation?.status, 'affirming')
+  t.ok(captured)
+
+  await t.test('old message-2 evidence in a new handshake (reuseLastEvidence)', async (t) => {
+    dev.attester.faults.reuseLastEvidence = true
+    const err = await connect(p, { require: ['sim'], verifier: v }).catch((e: unknown) => e)
+    dev.attester.faults.reuseLastEvidence = false
+    t.equal(causeOf(err), 'ATTEST_VERIFIER_FAILED')
+    t.equal((err as ThroughlineError).details?.['reason'], 'handle_mismatch')
+  })
+
+  await t.test("a rogue device M presents D's genuine evidence in its own channel (relay / key substitution)", async (t) => {
+    const replaying: Attester = { suite: 'sim', attest: async () => captured! }
+    const m = await pair(t, w, { attesters: [replaying] })
+    const err = await connect(m, { require: ['sim'], verifier: v }).catch((e: unknown) => e)
+    t.equal(causeOf(err), 'ATTEST_VERIFIER_FAILED')
+    t.equal((err as ThroughlineError).details?.['reason'], 'handle_mismatch', "D's evidence is bound to D's static key and D's session, not M's")
+    await until(() => m.listenerErrors.length === 1)
+    t.equal(causeOf(m.listenerErrors[0]), 'ATTEST_VERIFIER_FAILED')
+  })
+
+  await t.test('attesters refuse handles that a channel did not derive', async (t) => {
+    await t.rejects(dev.attester.attest({ role: 'R', suite: 'sim', handle: new Uint8Array(32), logFrom: 0 }), { code: 'ERR_INVALID_ARGUMENT' })
+  })
+})
+
+t.test('trust policies see the attestation attributes (ABAC)', async (t) => {
+  const w = world(t)
+  const cdev = w.device()
+  const v = w.verifier([cdev.platform], { minSvn: 1 })
+  const p = await pair(
+    t,
+    w,
+    { require: ['sim'], verifier: v, minStatus: 'warning' },
+    { attesters: [cdev.attester] },
+    { trust: trustPredicate((peer) => peer.attributes['attest.status'] === 'affirming', 'attest.status = affirming') },
+  )
+  const ch = await connect(p, {})
+  t.equal(await echoThrough(p.C, ch), 'hello')
+  cdev.attester.faults.svnBelowMin = true
+  const err = await connect(p, {}).catch((e: unknown) => e)
+  t.match(err, { code: 'ERR_TRUST_POLICY' }, 'a warning peer passes the attestation minimum but not the worker policy')
+})
+
+t.test('streaming re-attestation: rounds pass, a PCR change at run time closes the channel on both ends', async (t) => {
+  const w = world(t)
+  const dev = w.device()
+  const v = w.verifier([dev.platform])
+  const p = await pair(t, w, { attesters: [dev.attester] })
+  const opened = new Promise<SecureChannel>((r) => p.listener.once('channel', r))
+  const ch = await connect(p, { require: ['sim'], verifier: v, reattestInterval: 200 })
+  const dSide = await opened
+  const first = ch.attestation!
+  const next = await ch.reattest()
+  t.equal(next.status, 'affirming', 'an on-demand round passes')
+  t.not(Buffer.from(next.nonce).toString('hex'), Buffer.from(first.nonce).toString('hex'), 'with a new handle')
+  await until(() => (ch.attestation?.iat ?? 0) > next.iat, 3_000)
+  t.pass('interval rounds pass')
+  t.equal(await echoThrough(p.C, ch), 'hello')
+
+  const closedC = new Promise<ThroughlineError>((r) => ch.once('close', r))
+  const closedD = new Promise<ThroughlineError>((r) => dSide.once('close', r))
+  const changedAt = Date.now()
+  dev.platform.extend(10, Buffer.alloc(32, 0xee)) // an unlogged change of the app PCR
+  const [ec, ed] = await Promise.all([closedC, closedD])
+  t.ok(Date.now() - changedAt < 200 + 1_000, `closed within one interval (+ a round) (${Date.now() - changedAt} ms)`)
+  t.equal(causeOf(ec), 'ATTEST_VERIFIER_FAILED')
+  t.equal(causeOf(ed), 'ATTEST_VERIFIER_FAILED', 'the device learns why')
+  t.match(ed.message, /closed by the peer/)
+})
+
+t.test('passport: issued by a verifier service, checked, refreshed in the channel; expiry without refresh closes', async (t) => {
+  const w = world(t)
+  const dev = w.device()
+  const V = await w.mk('V')
+  const vKey = VerifierKey.generate()
+  const vId = SoftwareIdentity.generate()
+  const vCh = new SecureChannels(V, { identity: vId })
+  const verifier = w.verifier([dev.platform])
+  const shortLived = new Verifier({ id: 'short', trustAnchors: { simRoots: [w.root.publicKeySpki] }, referenceValues: verifier.referenceValues, policy: { id: 'test', trustSim: true }, resultTtlMs: 800 })
+  await vCh.listen('secure', { allow: ['verifier'] })
+  const attested = await vCh.listen('secure-attested', { allow: ['verifier'], attestation: { require: ['sim'], verifier: shortLived } })
+  new VerifierService(V, { verifier: shortLived, signer: vKey, listener: attested })
+
+  // D gets its passport over a channel that attests it to V.
+  const D = await w.mk('Dp')
+  startEcho(D)
+  const dCh = new SecureChannels(D, { identity: SoftwareIdentity.generate(), attestation: { attesters: [dev.attester] } })
+  const toV = async () => (await resolveRoute(`/memory/V/secure/secure-attested/service/verifier`, dCh)).route
+  let vRoute: Awaited<ReturnType<typeof toV>> | undefined
+  const passport = new PassportClient(D, { route: async () => (vRoute ??= await toV()) })
+  await dCh.listen('secure', { allow: ['echo'], attestation: { passport } })
+  const C = await w.mk('Cp')
+  const cCh = new SecureChannels(C, { identity: SoftwareIdentity.generate() })
+
+  const ch = await cCh.connect(memRoute(D, 'secure'), { attestation: { require: ['passport'], passportIssuers: vKey.trusted(), renewalThreshold: 0.5 } })
+  t.equal(ch.attestation?.status, 'affirming')
+  t.equal(ch.attestation?.verifierId, 'short')
+  const firstExp = ch.attestation!.exp
+  await sleep(1_600) // two lifetimes: refreshed in the channel
+  t.equal(ch.state, 'open', 'the channel outlived its first passport')
+  t.ok(ch.attestation!.exp > firstExp, 'with a fresh passport')
+  t.equal(await echoThrough(C, ch), 'hello')
+
+  await t.test('a stale passport (no refresh) closes with NO_VALID_RESULT', async (t) => {
+    const stale = await passport.token()
+    const D2 = await w.mk('Dp2')
+    startEcho(D2)
+    const d2Ch = new SecureChannels(D2, { identity: SoftwareIdentity.generate(), staticKeyPair: dCh.staticKeyPair })
+    await d2Ch.listen('secure', { allow: ['echo'], attestation: { passport: { token: async () => stale } } })
+    const ch2 = await cCh.connect(memRoute(D2, 'secure'), { attestation: { require: ['passport'], passportIssuers: vKey.trusted(), renewalThreshold: 0.5, maxClockSkew: 0 } })
+    const closed = await new Promise<ThroughlineError>((r) => ch2.once('close', r))
+    t.equal(causeOf(closed), 'NO_VALID_RESULT')
+  })
+
+  await t.test('a passport about another key is refused', async (t) => {
+    const other = await w.mk('Dp3')
+    const oCh = new SecureChannels(other, { identity: SoftwareIdentity.generate() })
+    await oCh.listen('secure', { allow: ['echo'], attestation: { passport } }) // D's passport, another static key
+    const err = await cCh.connect(memRoute(other, 'secure'), { attestation: { require: ['passport'], passportIssuers: vKey.trusted() } }).catch((e: unknown) => e)
+    t.equal(causeOf(err), 'ATTEST_VERIFIER_FAILED')
+    t.equal((err as ThroughlineError).details?.['reason'], 'key_binding')
+  })
+})
+
+t.test('background check through a verifier service; a stopped verifier gives VERIFIER_UNAVAILABLE in time', async (t) => {
+  const w = world(t)
+  const dev = w.device()
+  const V = await w.mk('Vb')
+  const vKey = VerifierKey.generate()
+  const vCh = new SecureChannels(V, { identity: SoftwareIdentity.generate() })
+  await vCh.listen('secure', { allow: ['verifier'] })
+  new VerifierService(V, { verifier: w.verifier([dev.platform]), signer: vKey })
+
+  const p = await pair(t, w, { attesters: [dev.attester] })
+  const remote = new RemoteVerifier(p.C, { route: async () => (await resolveRoute('/memory/Vb/secure/secure/service/verifier', p.cCh)).route, keys: vKey.trusted(), timeout: 800 })
+  const ch = await connect(p, { require: ['sim'], verifier: remote })
+  t.equal(ch.attestation?.status, 'affirming')
+  t.equal(ch.attestation?.verifierId, 'test-verifier', 'the result came from the verifier service')
+  t.equal(await echoThrough(p.C, ch), 'hello')
+
+  dev.attester.faults.corruptSignature = true
+  const bad = await connect(p, { require: ['sim'], verifier: remote }).catch((e: unknown) => e)
+  dev.attester.faults.corruptSignature = false
+  t.equal(causeOf(bad), 'ATTEST_VERIFIER_FAILED', 'the service appraises; the relying party enforces')
+
+  await V.stop()
+  const started = Date.now()
+  const err = await connect(p, { require: ['sim'], verifier: remote }).catch((e: unknown) => e)
+  const took = Date.now() - started
+  t.match(err, { code: 'ERR_VERIFIER_UNAVAILABLE' })
+  t.equal(causeOf(err), 'VERIFIER_UNAVAILABLE')
+  t.ok(took < 800 + 1_500, `within the configured timeout (${took} ms), never a hang`)
+  await until(() => p.listenerErrors.length === 2) // [0] is the corrupt signature above
+  t.equal(causeOf(p.listenerErrors[1]), 'VERIFIER_UNAVAILABLE', 'the device learns the cause too')
+})
+
+t.test('a verifier service refuses admin requests from non-admins and takes them from admins', async (t) => {
+  const w = world(t)
+  const V = await w.mk('Va')
+  const admin = SoftwareIdentity.generate()
+  const vCh = new SecureChannels(V, { identity: SoftwareIdentity.generate() })
+  await vCh.listen('secure', { allow: ['verifier'] })
+  const verifier = w.verifier([])
+  new VerifierService(V, { verifier, signer: VerifierKey.generate(), admins: [admin.identifier] })
+  const { verifierRequest } = await import('../src/services/verifier.ts')
+  const A = await w.mk('Aa')
+  const aCh = new SecureChannels(A, { identity: admin })
+  const { route } = await resolveRoute('/memory/Va/secure/secure/service/verifier', aCh)
+  await verifierRequest(A, route, { op: 'setReferenceValues', name: 'fw-b', pcrs: { 0: 'ab'.repeat(32) } })
+  t.same(verifier.referenceValues.list().map((s) => s.name), ['fw-b'])
+  const O = await w.mk('Oa')
+  const oCh = new SecureChannels(O, { identity: SoftwareIdentity.generate() })
+  const { route: r2 } = await resolveRoute('/memory/Va/secure/secure/service/verifier', oCh)
+  await t.rejects(verifierRequest(O, r2, { op: 'removeReferenceValues', name: 'fw-b' }), { code: 'ERR_VERIFIER_DENIED' })
+  t.equal(verifier.referenceValues.size, 1)
+  void (null as unknown as AttestationResult)
+})

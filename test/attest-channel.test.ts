@@ -151,6 +151,10 @@ t.test('no attestation required: plain channels are unchanged; suites that do no
   t.equal(causeOf(p.listenerErrors[0]), 'NO_ATTEST_MATCH', 'the responder names the same cause')
   t.match(p.listenerErrors[0]!.message, /no matching attestation suite \(prover side\)/)
 
+  await t.rejects(p.dCh.listen('other', { attestation: { require: ['sim'] } }), { code: 'ERR_INVALID_ARGUMENT', message: /needs a verifier/ })
+  await t.rejects(connect(p, { require: ['passport'] }), { code: 'ERR_INVALID_ARGUMENT', message: /passportIssuers/ })
+  await t.rejects(connect(p, { require: ['sgx' as never], verifier: w.verifier([]) }), { code: 'ERR_INVALID_ARGUMENT', message: /unknown attestation suite/ })
+
   const q = await pair(t, w, { require: ['sim'], verifier: w.verifier([]) })
   const err2 = await q.cCh.connect(memRoute(q.D, 'secure'), { handshakeTimeout: 5_000 }).catch((e: unknown) => e)
   t.equal(causeOf(err2), 'NO_ATTEST_MATCH', 'the initiator offers nothing the responder requires')

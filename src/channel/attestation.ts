@@ -246,13 +246,7 @@ export class ChannelAttestation {
     this.provides = [...new Set<AttestSuite>([...(options.attesters ?? []).map((a) => a.suite), ...(options.passport ? (['passport'] as const) : [])])]
     this.requires = [...(options.require ?? [])]
     this.post = options.mode === 'post-handshake'
-    for (const s of this.requires) {
-      if (!(ATTEST_SUITES as readonly string[]).includes(s)) throw tlError('ERR_INVALID_ARGUMENT', `unknown attestation suite "${String(s)}" (one of ${ATTEST_SUITES.join(', ')})`)
-      if (s === 'passport' && (options.passportIssuers === undefined || options.passportIssuers.size === 0)) {
-        throw tlError('ERR_INVALID_ARGUMENT', 'requiring a passport needs passportIssuers (the verifier keys trusted to sign them)')
-      }
-      if (s !== 'passport' && options.verifier === undefined) throw tlError('ERR_INVALID_ARGUMENT', `requiring ${s} evidence needs a verifier (local or a verifier service)`)
-    }
+    checkAttestationOptions(options)
   }
 
   /** The peer's current attestation result, once appraised. */
@@ -533,6 +527,20 @@ export class ChannelAttestation {
     if (this.#round !== undefined) clearTimeout(this.#round.timer)
     this.#round = undefined
     for (const w of this.#waiters.splice(0)) w(err)
+  }
+}
+
+/** Throws ERR_INVALID_ARGUMENT for settings that cannot work (checked when listening or connecting). */
+export function checkAttestationOptions(options: AttestationOptions): void {
+  if (options.mode !== undefined && options.mode !== 'handshake' && options.mode !== 'post-handshake') {
+    throw tlError('ERR_INVALID_ARGUMENT', `attestation mode must be handshake or post-handshake, not ${String(options.mode)}`)
+  }
+  for (const s of options.require ?? []) {
+    if (!(ATTEST_SUITES as readonly string[]).includes(s)) throw tlError('ERR_INVALID_ARGUMENT', `unknown attestation suite "${String(s)}" (one of ${ATTEST_SUITES.join(', ')})`)
+    if (s === 'passport' && (options.passportIssuers === undefined || options.passportIssuers.size === 0)) {
+      throw tlError('ERR_INVALID_ARGUMENT', 'requiring a passport needs passportIssuers (the verifier keys trusted to sign them)')
+    }
+    if (s !== 'passport' && options.verifier === undefined) throw tlError('ERR_INVALID_ARGUMENT', `requiring ${s} evidence needs a verifier (local or a verifier service)`)
   }
 }
 

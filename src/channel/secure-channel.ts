@@ -48,7 +48,7 @@ import {
   MSG,
   PROLOGUE,
 } from './messages.ts'
-import { type AttestationHost, type AttestationOptions, ChannelAttestation, causeOf, codeOfCause, decodeRound, parseAttestPayload, resultAttributes } from './attestation.ts'
+import { type AttestationHost, type AttestationOptions, ChannelAttestation, causeOf, checkAttestationOptions, codeOfCause, decodeRound, parseAttestPayload, resultAttributes } from './attestation.ts'
 import type { AttestationResult } from '../attest/types.ts'
 import { createHandshake, generateKeyPair, type Handshake } from './noise.ts'
 import { Session } from './session.ts'
@@ -140,6 +140,7 @@ export class SecureChannels {
 
   /** Starts a listener at local address `name` (default `secure`). */
   async listen(name = 'secure', options: ListenerOptions = {}): Promise<SecureListener> {
+    checkAttestationOptions({ ...this.attestation, ...options.attestation })
     await this.binding()
     return new SecureListener(this, name, options)
   }

@@ -35,7 +35,7 @@ function world(t: Test): World {
     async mk(name) {
       const node = await new Node({ name, logger: silentLogger }).start()
       node.addTransport(new MemoryTransport(node, { network: net }))
-      await (node.transport(4) as MemoryTransport).listen(name, { allow: ['echo', 'secure', 'secure-attested', 'sink', 'verifier'], transit: true })
+      await (node.transport(4) as MemoryTransport).listen(name, { allow: ['echo', 'secure', 'secure-attested', 'secure-m*', 'sink', 'verifier'], transit: true })
       t.teardown(() => node.stop())
       return node
     },
@@ -133,6 +133,65 @@ t.test('handshake evidence: responder-only, initiator-only, mutual; post-handsha
       t.same(Buffer.from(dSide.attestation!.keyAttestation.pub), Buffer.from(p.cCh.staticKeyPair.publicKey))
       t.equal(await echoThrough(p.C, ch), 'hello')
     })
+  }
+})
+
+t.test('the matrix: {evidence, passport, background check} × {initiator-only, responder-only, mutual} × {handshake, post-handshake}', async (t) => {
+  const w = world(t)
+  const ddev = w.device()
+  const cdev = w.device()
+  const local = w.verifier([ddev.platform, cdev.platform])
+  // V: verifier service; `secure` for background checks, `secure-attested` issues passports.
+  const V = await w.mk('Vm')
+  const vKey = VerifierKey.generate()
+  const vCh = new SecureChannels(V, { identity: SoftwareIdentity.generate() })
+  await vCh.listen('secure', { allow: ['verifier'] })
+  const attested = await vCh.listen('secure-attested', { allow: ['verifier'], attestation: { require: ['sim'], verifier: local } })
+  new VerifierService(V, { verifier: local, signer: vKey, listener: attested })
+
+  // D and C can both prove themselves with evidence and with a passport.
+  const prover = (node: Node, ch: () => SecureChannels) =>
+    new PassportClient(node, { route: async () => (await resolveRoute('/memory/Vm/secure/secure-attested/service/verifier', ch())).route })
+  const D = await w.mk('Dm')
+  startEcho(D)
+  let dCh!: SecureChannels
+  dCh = new SecureChannels(D, { identity: SoftwareIdentity.generate(), attestation: { attesters: [ddev.attester], passport: prover(D, () => dCh) } })
+  const C = await w.mk('Cm')
+  let cCh!: SecureChannels
+  cCh = new SecureChannels(C, { identity: SoftwareIdentity.generate(), attestation: { attesters: [cdev.attester], passport: prover(C, () => cCh) } })
+
+  const requirement = (node: Node, channels: SecureChannels, model: string, mode: 'handshake' | 'post-handshake'): AttestationOptions => {
+    if (model === 'evidence') return { require: ['sim'], verifier: local, mode }
+    if (model === 'passport') return { require: ['passport'], passportIssuers: vKey.trusted(), mode }
+    return { require: ['sim'], verifier: new RemoteVerifier(node, { route: async () => (await resolveRoute('/memory/Vm/secure/secure/service/verifier', channels)).route, keys: vKey.trusted() }), mode }
+  }
+  let n = 0
+  for (const model of ['evidence', 'passport', 'background'] as const) {
+    for (const who of ['initiator-only', 'responder-only', 'mutual'] as const) {
+      for (const mode of ['handshake', 'post-handshake'] as const) {
+        await t.test(`${model} ${who} ${mode}`, async (t) => {
+          const name = `secure-m${n++}`
+          const dReq = who === 'initiator-only' ? {} : requirement(D, dCh, model, mode)
+          const cReq = who === 'responder-only' ? {} : requirement(C, cCh, model, mode)
+          const listener = await dCh.listen(name, { allow: ['echo'], attestation: dReq })
+          const opened = new Promise<SecureChannel>((r) => listener.once('channel', r))
+          const ch = await cCh.connect(memRoute(D, name), { attestation: cReq })
+          const dSide = await opened
+          const expectSuite = model === 'passport' ? 'sim' : 'sim' // a passport carries the result of sim evidence
+          if (who !== 'responder-only') {
+            t.equal(ch.attestation?.status, 'affirming', 'the initiator accepted the responder')
+            t.equal(ch.attestation?.suite, expectSuite)
+            t.same(Buffer.from(ch.attestation!.keyAttestation.pub), Buffer.from(dCh.staticKeyPair.publicKey))
+          } else t.equal(ch.attestation, undefined)
+          if (who !== 'initiator-only') {
+            t.equal(dSide.attestation?.status, 'affirming', 'the responder accepted the initiator')
+            t.same(Buffer.from(dSide.attestation!.keyAttestation.pub), Buffer.from(cCh.staticKeyPair.publicKey))
+          } else t.equal(dSide.attestation, undefined)
+          t.equal(await echoThrough(C, ch), 'hello', 'data flows once both ends accepted')
+          ch.close()
+        })
+      }
+    }
   }
 })
 

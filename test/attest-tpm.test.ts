@@ -5,21 +5,32 @@
 // contexts, aborts and vault errors; the measurement log across save/load and a TPM restart; and
 // appraisal by the Verifier (src/attest/verifier.ts) with the AK pinned, including one
 // reference-value set that appraises both the sim platform and the TPM measured the same way.
+// Then secure channels with tpm2 attestation over the memory transport (one private swtpm for the
+// group): a responder's Tpm2Attester appraised by the initiator's local Verifier (AK pinned,
+// reference values from MeasurementLog.referenceSet) opens an affirming channel; replayed evidence,
+// a logged change after the reference values, an unlogged extend, and an unlogged extend at run
+// time under streaming re-attestation each fail with their cause on both ends, and so does a power
+// loss (a restart without TPM2_Shutdown leaves the TPM clock unsafe).
 // swtpm proves protocol correctness, not silicon binding: it has no manufacturer EK.
 import t, { type Test } from 'tap'
 import { createHash, createPublicKey, randomBytes, verify } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { isThroughlineError } from '../src/errors.ts'
+import { isThroughlineError, type ThroughlineError } from '../src/errors.ts'
+import { Node, silentLogger, local, route } from '../src/router/index.ts'
+import { MemoryNetwork, MemoryTransport } from '../src/transports/index.ts'
+import { startEcho } from '../src/services/index.ts'
+import { SecureChannels, SoftwareIdentity, type AttestationOptions, type SecureChannel, type SecureListener } from '../src/channel/index.ts'
 import { TpmVault } from '../src/vault/index.ts'
 import { parseAttest } from '../src/vault/tpm/attest.ts'
 import { decodeQuoteBody } from '../src/attest/evidence.ts'
 import { deriveHandle, mintContext } from '../src/attest/handle.ts'
-import { FORMAT, HANDLE_ALG, type AttestationContext, type EventLogEntry, type Evidence } from '../src/attest/types.ts'
+import { FORMAT, HANDLE_ALG, type AttestationContext, type Attester, type EventLogEntry, type Evidence } from '../src/attest/types.ts'
 import { MeasurementLog, Tpm2Attester, bootRecipeEvents, pcrResetValue, replayLog, type BootRecipe, type PcrBank } from '../src/attest/tpm2.ts'
 import { ReferenceValues, Verifier, newLogCursor, type LogCursor } from '../src/attest/verifier.ts'
 import { SimAttester, SimPlatform, SimRoot } from '../src/attest/sim.ts'
 import { startSwtpm, swtpmAvailable, type Swtpm } from './helpers/swtpm.ts'
+import { until } from './helpers/wait.ts'
 
 const noSwtpm = swtpmAvailable() ? false : 'swtpm is not installed (scripts install swtpm swtpm-tools tpm2-tools in CI)'
 
@@ -36,9 +47,9 @@ const QUOTED = [0, 1, 4, 7, 10]
 /** A private swtpm and a vault on it; both closed (vault first, then swtpm by its PID) at the end of `t`. */
 async function tpm(t: Test): Promise<{ swtpm: Swtpm; vault: TpmVault }> {
   const swtpm = await startSwtpm()
-  let vault: TpmVault | undefined
+  let vault!: TpmVault // assigned below, after the teardown that closes it (so swtpm stops even if opening fails)
   t.teardown(async () => {
-    await vault?.close().catch(() => {})
+    if ((vault as TpmVault | undefined) !== undefined) await vault.close().catch(() => {})
     await swtpm.stop()
   })
   vault = await TpmVault.open({ endpoint: swtpm.endpoint, dir: t.testdir() })
@@ -400,5 +411,224 @@ t.test('tpm2 attester against swtpm (protocol correctness only: swtpm has no man
     })
     t.same([rs.trustVector.executables, rs.trustVector.configuration], [2, 2], 'sim evidence matches the same reference set and config policy')
     t.same([rs.status, rs.reason], ['warning', 'sim_untrusted'], 'sim stays below affirming under the default policy')
+  })
+})
+
+// ------------------------------------------------------------------------------------------------
+// Secure channels with tpm2 attestation (the channel wiring of test/attest-channel.test.ts, with
+// the evidence from a Tpm2Attester over one private swtpm instead of the sim suite).
+
+/** A Tpm2Attester wrapper that records each piece of evidence and, when `replay` is set, hands out the recorded one again. */
+class ReplayingAttester implements Attester {
+  readonly suite = 'tpm2' as const
+  inner: Tpm2Attester
+  replay = false
+  last: Evidence | undefined
+  constructor(inner: Tpm2Attester) {
+    this.inner = inner
+  }
+  async attest(ctx: AttestationContext, signal?: AbortSignal): Promise<Evidence> {
+    if (this.replay && this.last !== undefined) return this.last
+    this.last = await this.inner.attest(ctx, signal)
+    return this.last
+  }
+}
+
+function closeCause(err: unknown): unknown {
+  return isThroughlineError(err) ? err.details?.['cause'] : undefined
+}
+
+t.test('secure channels with tpm2 attestation over swtpm (protocol correctness only: swtpm has no manufacturer EK)', { skip: noSwtpm }, async (t) => {
+  // the memory transport holds no handle open and channel timers are unref'd: keep the loop alive
+  const alive = setInterval(() => {}, 1_000)
+  t.teardown(() => clearInterval(alive))
+
+  // one private swtpm for the group; `vault`, `log` and the attester are replaced by freshBoot()
+  const swtpm = await startSwtpm()
+  const vaultDir = t.testdir()
+  let vault!: TpmVault // assigned below, after the teardown that closes it (so swtpm stops even if opening fails)
+  t.teardown(async () => {
+    if ((vault as TpmVault | undefined) !== undefined) await vault.close().catch(() => {})
+    await swtpm.stop()
+  })
+  vault = await TpmVault.open({ endpoint: swtpm.endpoint, dir: vaultDir })
+  let log = new MeasurementLog(vault)
+  const attester = new ReplayingAttester(await Tpm2Attester.create({ vault, eventLog: log }))
+  const akHandle = attester.inner.akHandle
+  const refs = new ReferenceValues()
+  const verifier = new Verifier({ id: 'channel-verifier', trustAnchors: { tpmAks: [await attester.inner.akPublicSpki()] }, referenceValues: refs })
+  await log.measureBoot(RECIPE)
+  refs.add(log.referenceSet('device-golden'))
+  /**
+   * A freshly booted device: an orderly power cycle (the vault's close sends TPM2_Shutdown(CLEAR),
+   * so the TPM clock stays `safe`), PCRs back to their reset values, the same AK from its
+   * persisted handle, the boot measured again into a new log and its reference values approved.
+   */
+  const freshBoot = async (): Promise<void> => {
+    await vault.close()
+    await swtpm.restart()
+    vault = await TpmVault.open({ endpoint: swtpm.endpoint, dir: vaultDir })
+    log = new MeasurementLog(vault)
+    attester.inner = await Tpm2Attester.create({ vault, akHandle, eventLog: log })
+    await log.measureBoot(RECIPE)
+    refs.add(log.referenceSet('device-golden'))
+    attester.replay = false
+    attester.last = undefined
+  }
+
+  const net = new MemoryNetwork()
+  const mk = async (name: string): Promise<Node> => {
+    const node = await new Node({ name, logger: silentLogger }).start()
+    node.addTransport(new MemoryTransport(node, { network: net }))
+    await (node.transport(4) as MemoryTransport).listen(name, { allow: ['echo', 'secure'], transit: true })
+    t.teardown(() => node.stop())
+    return node
+  }
+  // D: the device (responder), its evidence from the TPM; C: the relying party (initiator).
+  const D = await mk('Dtpm')
+  startEcho(D)
+  const dCh = new SecureChannels(D, { identity: SoftwareIdentity.generate(), attestation: { attesters: [attester] } })
+  const listener: SecureListener = await dCh.listen('secure', { allow: ['echo'], handshakeTimeout: 5_000 })
+  const listenerErrors: ThroughlineError[] = []
+  listener.on('error', (e: ThroughlineError) => listenerErrors.push(e))
+  const C = await mk('Ctpm')
+  const cCh = new SecureChannels(C, { identity: SoftwareIdentity.generate() })
+  const connect = (attestation: AttestationOptions): Promise<SecureChannel> => cCh.connect(route('4#Dtpm', 'secure'), { attestation, handshakeTimeout: 5_000 })
+  const echo = async (ch: SecureChannel, text = 'hello'): Promise<string> => Buffer.from((await C.request([ch.address, local('echo')], Buffer.from(text), { timeout: 3_000 })).payload).toString()
+  /** The next listener error (a refused handshake at D). */
+  const nextListenerError = async (): Promise<ThroughlineError> => {
+    const n = listenerErrors.length
+    await until(() => listenerErrors.length > n, 5_000, 'an error at the listener')
+    return listenerErrors[n]!
+  }
+
+  for (const mode of ['handshake', 'post-handshake'] as const) {
+    await t.test(`${mode}: the initiator requires tpm2 of the responder; affirming, and echo works through the channel`, async (t) => {
+      const opened = new Promise<SecureChannel>((r) => listener.once('channel', r))
+      const ch = await connect({ require: ['tpm2'], verifier, mode })
+      const dSide = await opened
+      const r = ch.attestation!
+      t.equal(r.status, 'affirming', `affirming (${r.reason ?? ''} ${r.detail ?? ''})`)
+      t.equal(r.suite, 'tpm2')
+      t.equal(r.verifierId, 'channel-verifier')
+      t.equal(r.trustVector.hardware, 2, 'hardware 2: a pinned AK (swtpm here: protocol, not silicon)')
+      t.equal(r.trustVector.executables, 2, 'executables 2: the reference values from MeasurementLog.referenceSet match')
+      t.equal(r.claims?.['referenceSet'], 'device-golden', 'the matching reference set is named')
+      t.same(Buffer.from(r.keyAttestation.pub), Buffer.from(dCh.staticKeyPair.publicKey), 'the result is about the static key of this channel')
+      t.equal(ch.peer?.attributes['attest.suite'], 'tpm2', 'the result is an attribute of the peer')
+      t.equal(dSide.attestation, undefined, 'the responder required nothing')
+      t.equal(await echo(ch), 'hello')
+      ch.close()
+    })
+  }
+
+  await t.test('replayed evidence (bound to an earlier channel) → ATTEST_VERIFIER_FAILED, handle_mismatch, on both ends', async (t) => {
+    const first = await connect({ require: ['tpm2'], verifier })
+    t.equal(first.attestation?.status, 'affirming', 'an earlier channel: its evidence recorded')
+    first.close()
+    attester.replay = true
+    const err = await connect({ require: ['tpm2'], verifier }).catch((e: unknown) => e)
+    attester.replay = false
+    t.ok(isThroughlineError(err, 'ERR_ATTEST_VERIFIER_FAILED'), `the initiator refuses (${String((err as Error).message)})`)
+    t.equal(closeCause(err), 'ATTEST_VERIFIER_FAILED', 'initiator cause')
+    t.equal((err as ThroughlineError).details?.['reason'], 'handle_mismatch', 'the quote carries the handle of the earlier handshake as extraData')
+    const le = await nextListenerError()
+    t.equal(closeCause(le), 'ATTEST_VERIFIER_FAILED', 'the listener names the same cause')
+    t.equal(le.details?.['detail'], 'handle_mismatch', 'and the reason')
+    t.equal(listener.channelsOpen, 0)
+    const again = await connect({ require: ['tpm2'], verifier })
+    t.equal(again.attestation?.status, 'affirming', 'fresh evidence passes again')
+    again.close()
+  })
+
+  await t.test('a logged measurement after the reference values → POLICY_DENY (reference_mismatch); an unlogged extend → ATTEST_VERIFIER_FAILED (log_replay_mismatch)', async (t) => {
+    await freshBoot()
+    await log.measure(10, 'app', 'throughline-device-0.2.0 (not in the reference values)')
+    t.same(await log.check(), { ok: true, mismatched: [] }, 'the log still replays to the PCRs')
+    const err = await connect({ require: ['tpm2'], verifier }).catch((e: unknown) => e)
+    t.ok(isThroughlineError(err, 'ERR_ATTEST_POLICY_DENY'), `the initiator refuses (${String((err as Error).message)})`)
+    t.equal(closeCause(err), 'POLICY_DENY', 'initiator cause')
+    t.equal((err as ThroughlineError).details?.['reason'], 'reference_mismatch')
+    t.equal((err as ThroughlineError).details?.['status'], 'warning', 'a warning, below the required affirming')
+    const le = await nextListenerError()
+    t.equal(closeCause(le), 'POLICY_DENY', 'the listener names the same cause')
+    t.equal(le.details?.['detail'], 'reference_mismatch')
+
+    const warned = await connect({ require: ['tpm2'], verifier, minStatus: 'warning' })
+    t.same([warned.attestation?.status, warned.attestation?.reason], ['warning', 'reference_mismatch'], 'a relying party that accepts warning opens, and sees why')
+    warned.close()
+    refs.add(log.referenceSet('device-golden'))
+    const approved = await connect({ require: ['tpm2'], verifier })
+    t.equal(approved.attestation?.status, 'affirming', 'the update approved (reference values taken again): affirming')
+    approved.close()
+
+    await vault.pcrExtend(4, sha256(Buffer.from('rogue bootloader, not logged')))
+    const err2 = await connect({ require: ['tpm2'], verifier }).catch((e: unknown) => e)
+    t.ok(isThroughlineError(err2, 'ERR_ATTEST_VERIFIER_FAILED'), `the initiator refuses (${String((err2 as Error).message)})`)
+    t.equal(closeCause(err2), 'ATTEST_VERIFIER_FAILED', 'initiator cause')
+    t.equal((err2 as ThroughlineError).details?.['reason'], 'log_replay_mismatch')
+    const le2 = await nextListenerError()
+    t.equal(closeCause(le2), 'ATTEST_VERIFIER_FAILED', 'the listener names the same cause')
+    t.equal(le2.details?.['detail'], 'log_replay_mismatch')
+    t.equal(listener.channelsOpen, 0)
+  })
+
+  await t.test('streaming re-attestation: rounds pass; an unlogged extend at run time closes the channel on both ends within one interval plus a quote', async (t) => {
+    await freshBoot()
+    // what one quote costs here (the prover's part of a round), for the bound below
+    const quoteMs: number[] = []
+    for (let i = 0; i < 5; i++) {
+      const t0 = performance.now()
+      await attester.inner.attest(channelContext().ctx)
+      quoteMs.push(performance.now() - t0)
+    }
+    const quote = quoteMs.sort((a, b) => a - b)[2]!
+    const INTERVAL = 300
+    const opened = new Promise<SecureChannel>((r) => listener.once('channel', r))
+    const ch = await connect({ require: ['tpm2'], verifier, reattestInterval: INTERVAL })
+    const dSide = await opened
+    const first = ch.attestation!
+    t.equal(first.status, 'affirming')
+    const next = await ch.reattest()
+    t.equal(next.status, 'affirming', 'an on-demand round passes (delta log from the cursor)')
+    t.not(hex(next.nonce), hex(first.nonce), 'over a new handle')
+    await until(() => (ch.attestation?.iat ?? 0) > next.iat, 3_000, 'an interval round')
+    t.pass('interval rounds pass')
+    t.equal(await echo(ch), 'hello')
+
+    const closedC = new Promise<ThroughlineError>((r) => ch.once('close', r))
+    const closedD = new Promise<ThroughlineError>((r) => dSide.once('close', r))
+    const changedAt = performance.now()
+    await vault.pcrExtend(10, sha256(Buffer.from('an app swapped at run time, not logged')))
+    const [ec, ed] = await Promise.all([closedC, closedD])
+    const took = performance.now() - changedAt
+    const bound = INTERVAL + quote + 700 // + scheduling slack on a shared machine
+    t.ok(took < bound, `closed ${Math.round(took)} ms after the extend (interval ${INTERVAL} ms, quote ${quote.toFixed(1)} ms, bound ${Math.round(bound)} ms)`)
+    t.ok(isThroughlineError(ec, 'ERR_ATTEST_VERIFIER_FAILED'), `initiator: ${ec.message}`)
+    t.equal(closeCause(ec), 'ATTEST_VERIFIER_FAILED', 'initiator cause')
+    t.equal(ec.details?.['reason'], 'log_replay_mismatch')
+    t.ok(isThroughlineError(ed, 'ERR_ATTEST_VERIFIER_FAILED'), `responder: ${ed.message}`)
+    t.equal(closeCause(ed), 'ATTEST_VERIFIER_FAILED', 'the device learns why')
+    t.match(ed.message, /closed by the peer/)
+    t.equal(ch.state, 'closed')
+    t.equal(dSide.state, 'closed')
+  })
+
+  await t.test('a power loss (swtpm restarted without TPM2_Shutdown): clock safe = 0 → ATTEST_VERIFIER_FAILED (clock_unsafe) on both ends, even re-measured', async (t) => {
+    await freshBoot()
+    const ok = await connect({ require: ['tpm2'], verifier })
+    t.equal(ok.attestation?.status, 'affirming', 'affirming before the power loss')
+    ok.close()
+    await swtpm.restart() // no TPM2_Shutdown first: the TPM cannot vouch that its clock never went back
+    await log.clear()
+    await log.measureBoot(RECIPE)
+    t.same(await log.check(), { ok: true, mismatched: [] }, 'the boot measured again, the log matches the PCRs')
+    const err = await connect({ require: ['tpm2'], verifier }).catch((e: unknown) => e)
+    t.ok(isThroughlineError(err, 'ERR_ATTEST_VERIFIER_FAILED'), `the initiator refuses (${String((err as Error).message)})`)
+    t.equal(closeCause(err), 'ATTEST_VERIFIER_FAILED', 'initiator cause')
+    t.equal((err as ThroughlineError).details?.['reason'], 'clock_unsafe')
+    const le = await nextListenerError()
+    t.equal(closeCause(le), 'ATTEST_VERIFIER_FAILED', 'the listener names the same cause')
+    t.equal(le.details?.['detail'], 'clock_unsafe')
   })
 })

@@ -111,7 +111,10 @@ export async function startSwtpm(t?: Test, options: { tcp?: boolean } = {}): Pro
   const log = join(dir, 'swtpm.log')
   const tcp = options.tcp === true ? { data: await freePort(), ctrl: await freePort() } : undefined
   const ctrlTarget: CtrlTarget = tcp === undefined ? { path: ctrl } : { host: '127.0.0.1', port: tcp.ctrl }
-  const ready = async (): Promise<boolean> => (tcp === undefined ? existsSync(sock) && existsSync(ctrl) : canConnect(ctrlTarget))
+  const dataTarget: CtrlTarget = tcp === undefined ? { path: sock } : { host: '127.0.0.1', port: tcp.data }
+  // A unix socket file exists from bind(), before listen(): connecting in between is refused, so
+  // ready means both endpoints accept a connection (the probes send nothing).
+  const ready = async (): Promise<boolean> => (tcp !== undefined || (existsSync(sock) && existsSync(ctrl))) && (await canConnect(ctrlTarget)) && (await canConnect(dataTarget))
   let child: ChildProcess | undefined
   let exited: Promise<void> = Promise.resolve()
   let removed = false

@@ -233,6 +233,7 @@ export class ChannelAttestation {
   #cursor: LogCursor = newLogCursor()
   #seq = 0
   #lastRequestSeq = 0
+  #serving = false
   #round: PendingRound | undefined
   #interval: NodeJS.Timeout | undefined
   #expiry: NodeJS.Timeout | undefined
@@ -390,6 +391,9 @@ export class ChannelAttestation {
     }
     const seq = r.seq as number
     if (seq <= this.#lastRequestSeq) return // stale (the old-driver rule)
+    // An honest peer has one round open at a time: while we answer one, more are ignored (no
+    // peer can make this end run its TPM back to back).
+    if (this.#serving) return
     this.#lastRequestSeq = seq
     const suite = suiteList([r.suite], 'attestation request')[0]
     if (suite === undefined || !this.provides.includes(suite)) {
@@ -397,6 +401,7 @@ export class ChannelAttestation {
       return
     }
     const logFrom = Number.isSafeInteger(r.logFrom) && (r.logFrom as number) >= 0 ? (r.logFrom as number) : 0
+    this.#serving = true
     try {
       const body: Record<string, unknown> = { seq }
       if (suite === 'passport') body['ar'] = await this.#passportToken()
@@ -408,6 +413,8 @@ export class ChannelAttestation {
       if (!this.#closed) this.#host.sendRound('evidence', pack(body))
     } catch (err) {
       this.#host.fail(asAttestError(err, 'ERR_ATTEST_PROVER_FAILED'))
+    } finally {
+      this.#serving = false
     }
   }
 

@@ -163,7 +163,11 @@ export interface SimRootOptions {
   seed?: Uint8Array | string
 }
 
-/** A simulated root CA that certifies sim attestation keys. Test fixtures only: keys live in memory. */
+/**
+ * A simulated root CA that certifies sim attestation keys. Test fixtures only: the key lives in
+ * memory, unless saved with {@link toPem} (the CLI keeps one per home) and read back with
+ * {@link fromPrivateKey}.
+ */
 export class SimRoot {
   readonly name: string
   readonly alg: 'ed25519' | 'p256'
@@ -188,6 +192,22 @@ export class SimRoot {
     const seed = options.seed === undefined ? randomBytes(32) : seedBytes(options.seed)
     const key = alg === 'ed25519' ? ed25519FromSeed(seededBytes(seed, `sim-root/${name}`, 32)) : p256FromSeed(seededBytes(seed, `sim-root/${name}`, 32))
     return new SimRoot(name, alg, key)
+  }
+
+  /**
+   * A root over an existing private key (Ed25519 or ECDSA P-256), e.g. one read back from the
+   * PKCS#8 PEM of {@link toPem}. ERR_INVALID_ARGUMENT for any other key.
+   */
+  static fromPrivateKey(name: string, key: KeyObject): SimRoot {
+    if (key?.type !== 'private') throw tlError('ERR_INVALID_ARGUMENT', 'a sim root is made from a private key')
+    if (key.asymmetricKeyType === 'ed25519') return new SimRoot(name, 'ed25519', key)
+    if (isP256(key)) return new SimRoot(name, 'p256', key)
+    throw tlError('ERR_INVALID_ARGUMENT', `a sim root key is Ed25519 or ECDSA P-256, not ${String(key.asymmetricKeyType)}`)
+  }
+
+  /** The root private key as PKCS#8 PEM (a secret: store it with mode 0600). */
+  toPem(): string {
+    return this.#key.export({ type: 'pkcs8', format: 'pem' }) as string
   }
 
   /** Issues a `sim-device-cert-v1` for an ECDSA P-256 attestation key (SPKI DER). */

@@ -3,10 +3,28 @@
  *
  * ```
  * throughline node start [--tcp HOST:PORT]... [--relay-at ROUTE --relay-name NAME] [--name NAME]
- *                        [--allow NAME]... [--log-level debug|info|warn|error|silent]
- * throughline send --to ROUTE [--timeout MS] MESSAGE
+ *                        [--identity NAME --secure-listener [--trust ID]...]
+ *                        [--attest sim|tpm2 [--sim-root FILE] [--tpm EP] [--passport-from ROUTE]]
+ *                        [RELYING-PARTY FLAGS] [--allow NAME]... [--log-level debug|info|warn|error|silent]
+ * throughline send --to ROUTE [--timeout MS] [--attest sim|tpm2] [RELYING-PARTY FLAGS] [--show-attestation] MESSAGE
+ * throughline attest pcrs --attest sim|tpm2 [--tpm EP] [--name NAME]
+ * throughline verifier start [--tcp HOST:PORT]... --identity NAME [--admin ID]... [LOCAL VERIFIER FLAGS]
+ *                            [--result-ttl MS] [--key FILE]
+ * throughline verifier reference-values set|remove|list --to ROUTE --identity NAME ...
+ * throughline identity create|show NAME
  * throughline help | version
+ *
+ * RELYING-PARTY FLAGS: --require-attestation SUITE... [--attest-mode handshake|post-handshake]
+ *   [--reattest-interval MS] and one appraiser: --verifier ROUTE [--verifier-id ID] (background
+ *   check and passport issuers), or a local verifier (LOCAL VERIFIER FLAGS: --trust-sim-root FILE...
+ *   --trust-tpm-ak FILE... --reference-values FILE --trust-sim --min-svn N).
  * ```
+ *
+ * Attestation files (sim root and platform, tpm2 AK and measurement log, verifier key) live in the
+ * home; see attest.ts. Lines for scripts: `attest sim root FILE`, `attest tpm2 ak FILE` (node start),
+ * `verifier key KID` (verifier start), one JSON line per set (`attest pcrs`, `reference-values
+ * list`); `send --show-attestation` prints `attestation ID: status=… suite=… verifier=… expires=…
+ * trust-vector=…` per channel on stderr.
  *
  * `main(argv, io)` returns the exit code; the `bin` file calls it with the process's streams.
  * Lines meant for scripts go to stdout (`listening tcp HOST:PORT`, `relay registered NAME`, a
@@ -31,7 +49,28 @@ import { IdentityStore, type IdentitySigner, SoftwareIdentity, defaultHome } fro
 import { resolveRoute } from '../channel/resolve.ts'
 import { SecureChannels } from '../channel/secure-channel.ts'
 import { type TrustPolicy, trustAny, trustIdentifiers } from '../channel/trust.ts'
+import type { AttestationOptions } from '../channel/attestation.ts'
 import '../channel/index.ts'
+import { VerifierKey } from '../attest/token.ts'
+import { PassportClient, VerifierService, verifierRequest } from '../services/verifier.ts'
+import {
+  LOCAL_VERIFIER_OPTIONS,
+  RELYING_PARTY_OPTIONS,
+  VerifierLink,
+  attestationLine,
+  checkLocalVerifierFlags,
+  checkProverFlags,
+  checkRelyingPartyFlags,
+  intFlag,
+  loadVerifierKey,
+  localVerifier,
+  openProver,
+  platformReferenceSet,
+  readReferenceValues,
+  relyingPartyOptions,
+  type ProverFlags,
+  type TpmVaultInUse,
+} from './attest.ts'
 
 /** Where the command writes, and how it is told to stop (tests pass their own). */
 export interface CliIO {
@@ -47,23 +86,62 @@ const USAGE = `usage:
   throughline node start [--tcp HOST:PORT]... [--ws HOST:PORT]... [--serial PATH[@BAUD]]...
                          [--relay-at ROUTE --relay-name NAME] [--name NAME]
                          [--identity NAME --secure-listener [--trust ID]...]
+                         [--attest sim|tpm2 [--sim-root FILE] [--tpm EP] [--passport-from ROUTE]]
+                         [relying-party flags]
                          [--allow NAME]... [--home DIR] [--log-level debug|info|warn|error|silent]
       Runs a node in the foreground with the echo and relay services, and with
       --secure-listener a secure channel listener at "secure" (peers: any identity, or the
       --trust identifiers). Prints "listening tcp|ws HOST:PORT" and "listening serial PATH"
-      per listener, "secure listener
-      ID" and "relay registered NAME" after each successful relay registration.
-      Stops on SIGINT/SIGTERM.
-  throughline send --to ROUTE [--timeout MS] [--identity NAME] [--trust ID]... [--home DIR] MESSAGE
+      per listener, "secure listener ID" and "relay registered NAME" after each successful
+      relay registration. Stops on SIGINT/SIGTERM.
+      --attest sim: attests with a simulated platform (root key DIR/attest/sim-root.key or
+      --sim-root FILE, platform DIR/attest/sim-platform.json); prints "attest sim root PUBFILE",
+      the SPKI PEM a verifier trusts. --attest tpm2 --tpm EP: attests with TPM quotes (AK and
+      measurement log in DIR/attest); prints "attest tpm2 ak PUBFILE", the AK a verifier pins.
+      --passport-from ROUTE: gets a passport from a verifier service, attesting to it at ROUTE
+      (e.g. /tcp/V:4100/secure/secure-attested/service/verifier).
+      The relying-party flags make the listener require attestation of its peers.
+  throughline send --to ROUTE [--timeout MS] [--identity NAME] [--trust ID]... [--home DIR]
+                   [--attest sim|tpm2 [--sim-root FILE] [--tpm EP]] [relying-party flags]
+                   [--show-attestation] MESSAGE
       Sends MESSAGE (UTF-8) along ROUTE and prints the reply. In ROUTE, /secure/NAME opens a
       secure channel to the listener NAME at the route so far and continues inside it.
-      Without --identity, a fresh ephemeral identity is used.
+      Without --identity, a fresh ephemeral identity is used. The relying-party flags apply to
+      every channel of ROUTE; --show-attestation prints, on stderr, per channel:
+      "attestation ID: status=S suite=S verifier=ID expires=ISO trust-vector=instance-identity:N,..."
       ROUTE example: /tcp/127.0.0.1:4000/service/forward_to_d/secure/secure/service/echo
+  relying-party flags (node start, send):
+      --require-attestation sim|tpm2|passport   (repeatable, in preference order)
+      [--attest-mode handshake|post-handshake] [--reattest-interval MS]
+      and an appraiser, either a verifier service (background check; its keys sign passports):
+      --verifier ROUTE [--verifier-id ID]   e.g. /tcp/V:4100/secure/secure/service/verifier
+      (its keys are fetched at start: the verifier must be up; --verifier-id pins its identifier)
+      or a local verifier:
+      [--trust-sim-root FILE]... [--trust-tpm-ak FILE]... [--reference-values FILE]
+      [--trust-sim] [--min-svn N]
+      (SPKI PEM files; reference values: JSON of one set or an array, as "attest pcrs" prints;
+      sim is never affirming without --trust-sim)
+  throughline attest pcrs --attest sim|tpm2 [--tpm EP] [--sim-root FILE] [--name NAME] [--home DIR]
+      Prints this platform's reference values as one JSON line {"name":...,"pcrs":{"0":"hex",...}}.
+  throughline verifier start [--tcp HOST:PORT]... [--ws HOST:PORT]... --identity NAME [--admin ID]...
+                             [--trust-sim-root FILE]... [--trust-tpm-ak FILE]...
+                             [--reference-values FILE] [--trust-sim] [--min-svn N]
+                             [--result-ttl MS] [--key FILE] [--home DIR] [--name NAME]
+      Runs a verifier service: listener "secure" (background checks, admin requests) and
+      "secure-attested" (peers attest to it with sim/tpm2 evidence; passports are issued there).
+      Result-signing key: --key FILE or DIR/verifier.key (Ed25519, created once). Prints
+      "verifier key KID", "secure listener ID" and "listening tcp HOST:PORT". Stops on SIGINT/SIGTERM.
+  throughline verifier reference-values set --to ROUTE --identity NAME SETNAME PCR=HEX...
+  throughline verifier reference-values set --to ROUTE --identity NAME --file FILE [SETNAME]
+  throughline verifier reference-values remove --to ROUTE --identity NAME SETNAME
+  throughline verifier reference-values list --to ROUTE --identity NAME
+      Admin requests over a secure channel (ROUTE e.g. /tcp/V:4100/secure/secure/service/verifier);
+      NAME must be one of the verifier's --admin identities. [--trust ID]... [--timeout MS] [--home DIR]
   throughline identity create NAME [--home DIR] [--vault software|tpm --tpm unix:PATH|tcp:HOST:PORT|/dev/tpmrm0]
   throughline identity show NAME [--home DIR]
       Identities live in DIR/identities (default $THROUGHLINE_HOME or ~/.throughline).
       With --vault tpm the identity key is a non-exportable P-256 key in the TPM at --tpm,
-      held by the TPM vault DIR/vaults/NAME (node start --identity does not load these yet).
+      held by the TPM vault DIR/vaults/NAME.
   throughline version
   throughline help`
 
@@ -100,6 +178,9 @@ export async function main(argv: readonly string[], io: CliIO): Promise<number> 
     if (cmd === 'node' && sub === 'start') return await nodeStart(argv.slice(2), io)
     if (cmd === 'send') return await send(argv.slice(1), io)
     if (cmd === 'identity' && (sub === 'create' || sub === 'show')) return await identity(sub, argv.slice(2), io)
+    if (cmd === 'attest' && sub === 'pcrs') return await attestPcrs(argv.slice(2), io)
+    if (cmd === 'verifier' && sub === 'start') return await verifierStart(argv.slice(2), io)
+    if (cmd === 'verifier' && sub === 'reference-values') return await verifierReferenceValues(argv[2], argv.slice(3), io)
     throw usageError(`unknown command "${argv.join(' ')}" (try: throughline help)`)
   } catch (err) {
     if (isThroughlineError(err)) {
@@ -120,6 +201,63 @@ function parse<const O extends NonNullable<ParseArgsConfig['options']>>(args: re
   }
 }
 
+/** `--attest`, `--sim-root` and `--tpm` as parseArgs options. */
+const PROVER_OPTIONS = {
+  attest: { type: 'string', multiple: true },
+  'sim-root': { type: 'string' },
+  tpm: { type: 'string' },
+} as const
+
+type FlagValues = Record<string, string | boolean | (string | boolean)[] | undefined>
+
+function proverFlags(values: FlagValues): ProverFlags {
+  return { attest: values['attest'] as string[] | undefined, simRoot: values['sim-root'] as string | undefined, tpm: values['tpm'] as string | undefined }
+}
+
+/** A route text that must open a secure channel (verifier services answer only inside one). */
+function secureRouteFlag(flag: string, text: string | undefined): void {
+  if (text === undefined) return
+  parseRouteSegments(text)
+  if (!/\/secure\//.test(text)) throw usageError(`${flag} ROUTE must open a secure channel to the verifier, e.g. /tcp/HOST:PORT/secure/secure/service/verifier (got "${text}")`)
+}
+
+/** Resolves when the command should stop (io.signal aborted). */
+function stopRequested(io: CliIO): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (io.signal === undefined) return
+    if (io.signal.aborted) resolve()
+    else io.signal.addEventListener('abort', () => resolve(), { once: true })
+  })
+}
+
+/** Starts the --tcp/--ws(/--serial) listeners and prints a line for each. */
+async function listenAll(
+  transports: ReturnType<typeof addTransports>,
+  values: { tcp?: string[] | undefined; ws?: string[] | undefined; serial?: string[] | undefined },
+  allow: string[],
+  io: CliIO,
+): Promise<string[]> {
+  const listeners: string[] = []
+  for (const hp of values.tcp ?? []) {
+    const l = await transports.tcp.listen(hp, { allow, transit: true })
+    listeners.push(l.address)
+    io.stdout(`listening tcp ${l.address}`)
+  }
+  for (const hp of values.ws ?? []) {
+    const l = await transports.ws.listen(hp, { allow, transit: true })
+    listeners.push(l.address)
+    io.stdout(`listening ws ${l.address}`)
+  }
+  for (const spec of values.serial ?? []) {
+    const m = /^(\/[^@]+)(?:@(\d+))?$/.exec(spec)
+    if (m === null) throw usageError(`--serial takes PATH[@BAUD], e.g. /dev/ttyUSB0@115200 (got "${spec}")`)
+    const l = await transports.serial.listen(m[1]!, { allow, transit: true, ...(m[2] ? { baudRate: Number(m[2]) } : {}) })
+    listeners.push(l.address)
+    io.stdout(`listening serial ${l.address}`)
+  }
+  return listeners
+}
+
 async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(args, {
     tcp: { type: 'string', multiple: true },
@@ -134,53 +272,66 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
     'secure-listener': { type: 'boolean' },
     trust: { type: 'string', multiple: true },
     home: { type: 'string' },
+    ...PROVER_OPTIONS,
+    'passport-from': { type: 'string' },
+    ...RELYING_PARTY_OPTIONS,
   })
   if (positionals.length > 0) throw usageError(`unexpected argument "${positionals[0]}"`)
   if (values['secure-listener'] === true && values.identity === undefined) throw usageError('--secure-listener needs --identity NAME')
   const trust = trustOf(values.trust)
+  const prover = proverFlags(values)
+  const kinds = checkProverFlags(prover)
+  const passportFrom = values['passport-from']
+  const relying = checkRelyingPartyFlags(values, passportFrom !== undefined)
+  const secureListener = values['secure-listener'] === true
+  if (kinds.length > 0 && !secureListener) throw usageError('--attest needs --identity NAME --secure-listener (attestation is bound to secure channels)')
+  if (passportFrom !== undefined && kinds.length === 0) throw usageError('--passport-from needs --attest sim|tpm2 (the node attests itself to the verifier for its passport)')
+  if (relying !== undefined && !secureListener) throw usageError('--require-attestation needs --identity NAME --secure-listener (it is what the listener requires of its peers)')
+  secureRouteFlag('--passport-from', passportFrom)
+  secureRouteFlag('--verifier', values.verifier)
   const relayAt = values['relay-at'] as string | undefined
   const relayName = values['relay-name'] as string | undefined
   if ((relayAt === undefined) !== (relayName === undefined)) throw usageError('--relay-at and --relay-name go together')
   const relayRoute = relayAt === undefined ? undefined : parseRoute(relayAt)
   const level = logLevel(values['log-level'] as string | undefined)
   const name = (values.name as string | undefined) ?? 'node'
+  const home = values.home ?? defaultHome()
   const logger = makeLogger(io, level, `throughline:${name}`)
   const node = await new Node({ name, logger }).start()
-  const { tcp, ws, serial } = addTransports(node)
+  const transports = addTransports(node)
   startEcho(node)
   new RelayService(node)
   // what network input may reach on this node: its services, plus any --allow
   const closers: (() => Promise<void>)[] = []
   const extra = (values.allow as string[] | undefined) ?? []
   const allow = ['echo', RELAY_ADDRESS, `${FORWARDER_PREFIX}*`, ...extra]
-  const listeners: string[] = []
+  let listeners: string[] = []
   try {
-    if (values['secure-listener'] === true) {
-      const { identity: id, close } = await loadIdentity(values.home ?? defaultHome(), values.identity!)
-      closers.push(close)
-      const channels = new SecureChannels(node, { identity: id })
+    if (secureListener) {
+      const loaded = await loadIdentity(home, values.identity!)
+      closers.push(loaded.close)
+      const id = loaded.identity
+      // what this node proves about itself, on every channel (listener and outgoing)
+      const proving: AttestationOptions = {}
+      for (const kind of kinds) {
+        const platform = await openProver(kind, home, prover, loaded.tpm)
+        closers.unshift(platform.close) // before the identity's vault, which it may share
+        ;(proving.attesters ??= []).push(platform.attester)
+        for (const line of platform.lines) io.stdout(line)
+      }
+      const channels = new SecureChannels(node, { identity: id, attestation: proving })
+      const verifierTrust = values['verifier-id'] === undefined ? trustAny() : trustIdentifiers([values['verifier-id']])
+      if (passportFrom !== undefined) {
+        const link = new VerifierLink(channels, passportFrom, verifierTrust)
+        proving.passport = new PassportClient(node, { route: () => link.route() })
+      }
+      const required = relying === undefined ? undefined : await relyingPartyOptions(relying, channels)
       // what decrypted messages may reach: the echo service and any --allow
-      await channels.listen('secure', { trust, allow: ['echo', ...extra] })
+      await channels.listen('secure', { trust, allow: ['echo', ...extra], ...(required === undefined ? {} : { attestation: required }) })
       allow.push('secure')
       io.stdout(`secure listener ${id.identifier}`)
     }
-    for (const hp of (values.tcp as string[] | undefined) ?? []) {
-      const l = await tcp.listen(hp, { allow, transit: true })
-      listeners.push(l.address)
-      io.stdout(`listening tcp ${l.address}`)
-    }
-    for (const hp of (values.ws as string[] | undefined) ?? []) {
-      const l = await ws.listen(hp, { allow, transit: true })
-      listeners.push(l.address)
-      io.stdout(`listening ws ${l.address}`)
-    }
-    for (const spec of (values.serial as string[] | undefined) ?? []) {
-      const m = /^(\/[^@]+)(?:@(\d+))?$/.exec(spec)
-      if (m === null) throw usageError(`--serial takes PATH[@BAUD], e.g. /dev/ttyUSB0@115200 (got "${spec}")`)
-      const l = await serial.listen(m[1]!, { allow, transit: true, ...(m[2] ? { baudRate: Number(m[2]) } : {}) })
-      listeners.push(l.address)
-      io.stdout(`listening serial ${l.address}`)
-    }
+    listeners = await listenAll(transports, values, allow, io)
   } catch (err) {
     await node.stop()
     for (const c of closers) await c()
@@ -203,11 +354,7 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
     client.start()
   }
   io.onReady?.({ node, listeners })
-  await new Promise<void>((resolve) => {
-    if (io.signal === undefined) return
-    if (io.signal.aborted) resolve()
-    else io.signal.addEventListener('abort', () => resolve(), { once: true })
-  })
+  await stopRequested(io)
   client?.stop()
   await node.stop()
   for (const c of closers) await c()
@@ -223,6 +370,9 @@ async function send(args: readonly string[], io: CliIO): Promise<number> {
     identity: { type: 'string' },
     trust: { type: 'string', multiple: true },
     home: { type: 'string' },
+    ...PROVER_OPTIONS,
+    ...RELYING_PARTY_OPTIONS,
+    'show-attestation': { type: 'boolean' },
   })
   const to = values.to as string | undefined
   if (to === undefined) throw usageError('send needs --to ROUTE')
@@ -231,9 +381,18 @@ async function send(args: readonly string[], io: CliIO): Promise<number> {
   const timeout = Number(timeoutText)
   if (!Number.isInteger(timeout) || timeout <= 0) throw usageError(`--timeout must be a positive number of milliseconds (got "${timeoutText}")`)
   const trust = trustOf(values.trust)
+  const prover = proverFlags(values)
+  const kinds = checkProverFlags(prover)
+  const relying = checkRelyingPartyFlags(values)
+  const show = values['show-attestation'] === true
+  if (show && relying === undefined) throw usageError('--show-attestation needs --require-attestation SUITE')
+  const secure = /\/secure\//.test(to)
+  if (!secure && (kinds.length > 0 || relying !== undefined)) throw usageError('--attest and --require-attestation are for routes that open secure channels (/secure/NAME)')
+  secureRouteFlag('--verifier', values.verifier)
   const level = logLevel((values['log-level'] as string | undefined) ?? 'silent')
   // parse before starting anything, so a bad route fails fast
   parseRouteSegments(to)
+  const home = values.home ?? defaultHome()
   const node = await new Node({ name: 'send', logger: makeLogger(io, level, 'throughline:send') }).start()
   addTransports(node)
   const closers: (() => Promise<void>)[] = []
@@ -241,17 +400,32 @@ async function send(args: readonly string[], io: CliIO): Promise<number> {
   const signal = io.signal ? AbortSignal.any([io.signal, deadline]) : deadline
   try {
     let channels: SecureChannels | undefined
-    if (/\/secure\//.test(to)) {
+    let required: AttestationOptions | undefined
+    if (secure) {
       let id: IdentitySigner & { readonly identifier: string } = SoftwareIdentity.generate()
+      let tpm: TpmVaultInUse | undefined
       if (values.identity !== undefined) {
-        const loaded = await loadIdentity(values.home ?? defaultHome(), values.identity)
+        const loaded = await loadIdentity(home, values.identity)
         id = loaded.identity
+        tpm = loaded.tpm
         closers.push(loaded.close)
       }
-      channels = new SecureChannels(node, { identity: id })
+      const proving: AttestationOptions = {}
+      for (const kind of kinds) {
+        const platform = await openProver(kind, home, prover, tpm)
+        closers.unshift(platform.close)
+        ;(proving.attesters ??= []).push(platform.attester)
+      }
+      channels = new SecureChannels(node, { identity: id, attestation: proving })
+      if (relying !== undefined) required = await relyingPartyOptions(relying, channels, { timeout })
     }
-    const { route } = await resolveRoute(to, channels, { trust, signal, handshakeTimeout: timeout })
-    const reply = await node.request(route, Buffer.from(positionals[0]!, 'utf8'), { timeout, signal: io.signal ?? new AbortController().signal })
+    const resolved = await resolveRoute(to, channels, { trust, signal, handshakeTimeout: timeout, ...(required === undefined ? {} : { attestation: required }) })
+    if (show) {
+      for (const ch of resolved.channels) {
+        if (ch.attestation !== undefined) io.stderr(attestationLine(ch.peer?.identifier ?? 'unknown', ch.attestation))
+      }
+    }
+    const reply = await node.request(resolved.route, Buffer.from(positionals[0]!, 'utf8'), { timeout, signal: io.signal ?? new AbortController().signal })
     io.stdout(Buffer.from(reply.payload).toString('utf8'))
     return EXIT.OK
   } catch (err) {
@@ -272,11 +446,160 @@ async function send(args: readonly string[], io: CliIO): Promise<number> {
   }
 }
 
+async function attestPcrs(args: readonly string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(args, { attest: { type: 'string' }, tpm: { type: 'string' }, 'sim-root': { type: 'string' }, name: { type: 'string' }, home: { type: 'string' } })
+  if (positionals.length > 0) throw usageError(`unexpected argument "${positionals[0]}"`)
+  if (values.attest === undefined) throw usageError('attest pcrs needs --attest sim|tpm2')
+  const flags: ProverFlags = { attest: [values.attest], simRoot: values['sim-root'], tpm: values.tpm }
+  const kind = checkProverFlags(flags)[0]!
+  const set = await platformReferenceSet(kind, values.home ?? defaultHome(), values.name ?? `${kind}-platform`, flags)
+  io.stdout(JSON.stringify(set))
+  return EXIT.OK
+}
+
+async function verifierStart(args: readonly string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(args, {
+    tcp: { type: 'string', multiple: true },
+    ws: { type: 'string', multiple: true },
+    identity: { type: 'string' },
+    admin: { type: 'string', multiple: true },
+    ...LOCAL_VERIFIER_OPTIONS,
+    'result-ttl': { type: 'string' },
+    key: { type: 'string' },
+    home: { type: 'string' },
+    name: { type: 'string' },
+    'log-level': { type: 'string' },
+  })
+  if (positionals.length > 0) throw usageError(`unexpected argument "${positionals[0]}"`)
+  if (values.identity === undefined) throw usageError('verifier start needs --identity NAME (its secure channels and result identifier)')
+  const admins = values.admin ?? []
+  try {
+    trustIdentifiers(admins)
+  } catch (err) {
+    throw usageError(`--admin: ${(err as Error).message.replace(/^ERR_[A-Z_]+: /, '')}`)
+  }
+  const plan = checkLocalVerifierFlags(values)
+  if (plan.simRoots.length === 0 && plan.tpmAks.length === 0) throw usageError('verifier start needs a trust anchor: --trust-sim-root FILE or --trust-tpm-ak FILE')
+  if (plan.trustSim && plan.simRoots.length === 0) throw usageError('--trust-sim needs --trust-sim-root FILE')
+  const ttl = intFlag(values['result-ttl'], '--result-ttl', 1)
+  const level = logLevel(values['log-level'])
+  const name = values.name ?? 'verifier'
+  const home = values.home ?? defaultHome()
+  const logger = makeLogger(io, level, `throughline:${name}`)
+  const node = await new Node({ name, logger }).start()
+  const transports = addTransports(node)
+  const closers: (() => Promise<void>)[] = []
+  let listeners: string[] = []
+  try {
+    const loaded = await loadIdentity(home, values.identity)
+    closers.push(loaded.close)
+    const id = loaded.identity
+    const verifier = await localVerifier(plan, id.identifier, ttl)
+    const signer = VerifierKey.fromPrivateKey(await loadVerifierKey(values.key ?? join(home, 'verifier.key')))
+    const channels = new SecureChannels(node, { identity: id })
+    await channels.listen('secure', { allow: ['verifier'] })
+    const require = [...(plan.tpmAks.length > 0 ? (['tpm2'] as const) : []), ...(plan.simRoots.length > 0 ? (['sim'] as const) : [])]
+    const attested = await channels.listen('secure-attested', { allow: ['verifier'], attestation: { require, verifier } })
+    new VerifierService(node, { verifier, signer, admins, listener: attested })
+    io.stdout(`verifier key ${signer.kid}`)
+    io.stdout(`secure listener ${id.identifier}`)
+    listeners = await listenAll(transports, values, ['secure', 'secure-attested'], io)
+  } catch (err) {
+    await node.stop()
+    for (const c of closers) await c()
+    throw err
+  }
+  io.onReady?.({ node, listeners })
+  await stopRequested(io)
+  await node.stop()
+  for (const c of closers) await c()
+  logger.info('stopped', { drops: node.dropCount() })
+  return EXIT.OK
+}
+
+/** `verifier reference-values set|remove|list`: admin requests to a verifier service. */
+async function verifierReferenceValues(op: string | undefined, args: readonly string[], io: CliIO): Promise<number> {
+  if (op !== 'set' && op !== 'remove' && op !== 'list') throw usageError(`verifier reference-values takes set, remove or list (got "${op ?? ''}")`)
+  const { values, positionals } = parse(args, {
+    to: { type: 'string' },
+    identity: { type: 'string' },
+    file: { type: 'string' },
+    trust: { type: 'string', multiple: true },
+    timeout: { type: 'string' },
+    home: { type: 'string' },
+  })
+  if (values.to === undefined) throw usageError(`verifier reference-values ${op} needs --to ROUTE (e.g. /tcp/HOST:PORT/secure/secure/service/verifier)`)
+  if (values.identity === undefined) throw usageError(`verifier reference-values ${op} needs --identity NAME (an admin identity of the verifier)`)
+  secureRouteFlag('--to', values.to)
+  if (values.file !== undefined && op !== 'set') throw usageError('--file is for reference-values set')
+  const timeout = intFlag(values.timeout, '--timeout', 1) ?? 10_000
+  const trust = trustOf(values.trust)
+  const requests: Record<string, unknown>[] = []
+  if (op === 'set') {
+    if (values.file !== undefined) {
+      if (positionals.length > 1) throw usageError('reference-values set --file FILE takes at most a SETNAME (the PCRs come from the file)')
+      const sets = await readReferenceValues(values.file)
+      if (positionals.length === 1 && sets.length !== 1) throw usageError(`SETNAME renames one set, and ${values.file} holds ${sets.length}`)
+      for (const s of sets) requests.push({ op: 'setReferenceValues', name: positionals[0] ?? s.name, pcrs: s.pcrs, ...(s.expires === undefined ? {} : { expires: s.expires }) })
+    } else {
+      const [setName, ...pairs] = positionals
+      if (setName === undefined || pairs.length === 0) throw usageError('reference-values set needs SETNAME PCR=HEX... (or --file FILE)')
+      const pcrs: Record<string, string> = {}
+      for (const p of pairs) {
+        const m = /^(\d{1,2})=([0-9a-fA-F]{64})$/.exec(p)
+        if (m === null || Number(m[1]) > 23) throw usageError(`"${p}" is not PCR=HEX (a PCR 0..23 and 64 hex digits)`)
+        pcrs[String(Number(m[1]))] = m[2]!.toLowerCase()
+      }
+      requests.push({ op: 'setReferenceValues', name: setName, pcrs })
+    }
+  } else if (op === 'remove') {
+    if (positionals.length !== 1) throw usageError('reference-values remove needs exactly one SETNAME')
+    requests.push({ op: 'removeReferenceValues', name: positionals[0] })
+  } else {
+    if (positionals.length > 0) throw usageError(`unexpected argument "${positionals[0]}"`)
+    requests.push({ op: 'listReferenceValues' })
+  }
+  const home = values.home ?? defaultHome()
+  const node = await new Node({ name: 'admin', logger: silentLogger }).start()
+  addTransports(node)
+  let close = async (): Promise<void> => {}
+  try {
+    const loaded = await loadIdentity(home, values.identity)
+    close = loaded.close
+    const channels = new SecureChannels(node, { identity: loaded.identity })
+    const { route } = await resolveRoute(values.to, channels, { trust, handshakeTimeout: timeout, signal: io.signal ?? AbortSignal.timeout(timeout) })
+    for (const req of requests) {
+      let r: Record<string, unknown>
+      try {
+        r = await verifierRequest(node, route, req, timeout)
+      } catch (err) {
+        // "the verifier service refused: ERR_X text" → "ERR_X: the verifier service refused: text"
+        if (isThroughlineError(err) && err.details?.['remoteCode'] === err.code) {
+          throw new ThroughlineError(err.code, err.message.replace(/^ERR_[A-Z_]+: /, '').replace(`refused: ${err.code} `, 'refused: '), { cause: err })
+        }
+        throw err
+      }
+      if (req['op'] === 'setReferenceValues') io.stdout(`reference values set ${String(req['name'])}`)
+      else if (req['op'] === 'removeReferenceValues') {
+        if (r['removed'] !== true) throw tlError('ERR_INVALID_ARGUMENT', `the verifier has no reference-value set named "${String(req['name'])}"`)
+        io.stdout(`reference values removed ${String(req['name'])}`)
+      } else {
+        for (const s of Array.isArray(r['sets']) ? r['sets'] : []) io.stdout(JSON.stringify(s))
+      }
+    }
+    return EXIT.OK
+  } finally {
+    await node.stop()
+    await close()
+  }
+}
+
 /**
  * Loads a saved identity: a software one (the key in the identity file) or a TPM one (the key in
- * a TPM vault; the TPM code is loaded only then). `close` releases the vault.
+ * a TPM vault; the TPM code is loaded only then). `close` releases the vault; `tpm` is that vault
+ * (an attester on the same TPM keeps its AK there rather than opening the TPM twice).
  */
-async function loadIdentity(home: string, name: string): Promise<{ identity: IdentitySigner & { readonly identifier: string }; close: () => Promise<void> }> {
+async function loadIdentity(home: string, name: string): Promise<{ identity: IdentitySigner & { readonly identifier: string }; close: () => Promise<void>; tpm?: TpmVaultInUse }> {
   const file = await readFile(join(home, 'identities', `${name}.json`), 'utf8').catch(() => undefined)
   let kind: unknown
   try {
@@ -286,8 +609,9 @@ async function loadIdentity(home: string, name: string): Promise<{ identity: Ide
   }
   if (kind === 'tpm') {
     const { TpmIdentityStore } = await import('../vault/tpm-identity.ts')
-    const { vault, identity } = await new TpmIdentityStore(home).open(name)
-    return { identity, close: () => vault.close() }
+    const store = new TpmIdentityStore(home)
+    const { vault, identity, record } = await store.open(name)
+    return { identity, close: () => vault.close(), tpm: { vault, endpoint: record.vault.endpoint, dir: store.vaultDir(name) } }
   }
   return { identity: await new IdentityStore(home).load(name), close: async () => {} }
 }

@@ -26,7 +26,7 @@ import { parseAttest } from '../src/vault/tpm/attest.ts'
 import { decodeQuoteBody } from '../src/attest/evidence.ts'
 import { deriveHandle, mintContext } from '../src/attest/handle.ts'
 import { FORMAT, HANDLE_ALG, type AttestationContext, type Attester, type EventLogEntry, type Evidence } from '../src/attest/types.ts'
-import { MeasurementLog, Tpm2Attester, bootRecipeEvents, pcrResetValue, replayLog, type BootRecipe, type PcrBank } from '../src/attest/tpm2.ts'
+import { MeasurementLog, SIM_PLATFORM_BOOT, Tpm2Attester, bootRecipeEvents, pcrResetValue, replayLog, type BootRecipe, type PcrBank } from '../src/attest/tpm2.ts'
 import { ReferenceValues, Verifier, newLogCursor, type LogCursor } from '../src/attest/verifier.ts'
 import { SimAttester, SimPlatform, SimRoot } from '../src/attest/sim.ts'
 import { startSwtpm, swtpmAvailable, type Swtpm } from './helpers/swtpm.ts'
@@ -378,16 +378,7 @@ t.test('tpm2 attester against swtpm (protocol correctness only: swtpm has no man
     const attester = await Tpm2Attester.create({ vault, eventLog: log })
     const root = SimRoot.generate()
     const platform = new SimPlatform({ root, firmware: 'sim-fw-1.0', svn: 1 })
-    await log.measureBoot({
-      firmware: 'sim-fw-1.0',
-      svn: 1,
-      debug: false,
-      firmwareImage: 'sim-firmware sim-fw-1.0',
-      bootloader: 'sim-bootloader 1',
-      secureBoot: 'sim-secure-boot enabled',
-      kernel: 'sim-kernel 1',
-      app: 'sim-app throughline',
-    })
+    await log.measureBoot(SIM_PLATFORM_BOOT)
     t.same(
       log.entries().map((e) => [e.pcr, e.type, hex(e.digest)]),
       platform.eventLog.map((e) => [e.pcr, e.type, hex(e.digest)]),

@@ -92,6 +92,21 @@ export interface Measurement {
 const utf8 = (s: string | Uint8Array): Uint8Array => (typeof s === 'string' ? new Uint8Array(Buffer.from(s, 'utf8')) : Uint8Array.from(s))
 
 /**
+ * The boot of a default {@link SimPlatform} (sim.ts) as a recipe: measured into a TPM, it gives the
+ * same events and PCR values as the sim platform, so one reference-value set fits both suites.
+ */
+export const SIM_PLATFORM_BOOT: Readonly<BootRecipe> = Object.freeze({
+  firmware: 'sim-fw-1.0',
+  svn: 1,
+  debug: false,
+  firmwareImage: 'sim-firmware sim-fw-1.0',
+  bootloader: 'sim-bootloader 1',
+  secureBoot: 'sim-secure-boot enabled',
+  kernel: 'sim-kernel 1',
+  app: 'sim-app throughline',
+})
+
+/**
  * The events of a boot recipe, in measuring order (the sim platform's order):
  * ```
  * PCR 0  firmware     firmwareImage ?? firmware

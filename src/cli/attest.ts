@@ -30,7 +30,7 @@ import { mkdir, open, readFile, writeFile } from 'node:fs/promises'
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path'
 import { ReferenceValues, Verifier, type AppraisalPolicy, type ReferenceValueSet } from '../attest/verifier.ts'
 import { SimAttester, SimPlatform, SimRoot } from '../attest/sim.ts'
-import type { BootRecipe } from '../attest/tpm2.ts'
+import { type BootRecipe, SIM_PLATFORM_BOOT } from '../attest/tpm2.ts'
 import type { AttestSuite, AttestationResult, Attester, TrustVector } from '../attest/types.ts'
 import type { AppraisalRequest, AttestationOptions, EvidenceAppraiser } from '../channel/attestation.ts'
 import { resolveRoute, type ResolvedRoute } from '../channel/resolve.ts'
@@ -42,17 +42,8 @@ import type { Route } from '../router/route.ts'
 import { RemoteVerifier, verifierRequest, DEFAULT_VERIFIER_TIMEOUT_MS } from '../services/verifier.ts'
 import type { TpmVault } from '../vault/tpm-vault.ts'
 
-/** The boot the CLI measures into a TPM: the sim platform's boot (sim.ts), so one reference-value set fits both suites. */
-export const CLI_BOOT_RECIPE: BootRecipe = Object.freeze({
-  firmware: 'sim-fw-1.0',
-  svn: 1,
-  debug: false,
-  firmwareImage: 'sim-firmware sim-fw-1.0',
-  bootloader: 'sim-bootloader 1',
-  secureBoot: 'sim-secure-boot enabled',
-  kernel: 'sim-kernel 1',
-  app: 'sim-app throughline',
-})
+/** The boot the CLI measures into a TPM: the sim platform's boot, so one reference-value set fits both suites. */
+export const CLI_BOOT_RECIPE: Readonly<BootRecipe> = SIM_PLATFORM_BOOT
 
 function usage(message: string): ThroughlineError {
   return tlError('ERR_CLI_USAGE', message)
@@ -367,20 +358,6 @@ export async function loadVerifierKey(path: string): Promise<KeyObject> {
 // =============================================================================================
 // Relying party (appraising the peer)
 
-/** The relying-party flags of `node start` and `send`, as parseArgs options. */
-export const RELYING_PARTY_OPTIONS = {
-  'require-attestation': { type: 'string', multiple: true },
-  'attest-mode': { type: 'string' },
-  'reattest-interval': { type: 'string' },
-  verifier: { type: 'string' },
-  'verifier-id': { type: 'string' },
-  'trust-sim-root': { type: 'string', multiple: true },
-  'trust-tpm-ak': { type: 'string', multiple: true },
-  'reference-values': { type: 'string' },
-  'trust-sim': { type: 'boolean' },
-  'min-svn': { type: 'string' },
-} as const
-
 /** The flags of a local verifier (shared with `verifier start`), as parseArgs options. */
 export const LOCAL_VERIFIER_OPTIONS = {
   'trust-sim-root': { type: 'string', multiple: true },
@@ -388,6 +365,16 @@ export const LOCAL_VERIFIER_OPTIONS = {
   'reference-values': { type: 'string' },
   'trust-sim': { type: 'boolean' },
   'min-svn': { type: 'string' },
+} as const
+
+/** The relying-party flags of `node start` and `send`, as parseArgs options. */
+export const RELYING_PARTY_OPTIONS = {
+  'require-attestation': { type: 'string', multiple: true },
+  'attest-mode': { type: 'string' },
+  'reattest-interval': { type: 'string' },
+  verifier: { type: 'string' },
+  'verifier-id': { type: 'string' },
+  ...LOCAL_VERIFIER_OPTIONS,
 } as const
 
 /** What the relying-party flags ask for, checked. */

@@ -337,6 +337,23 @@ t.test('streaming re-attestation: rounds pass, a PCR change at run time closes t
   t.match(ed.message, /closed by the peer/)
 })
 
+t.test('clockRollback: a later round whose TPM clock went back closes the channel on both ends', async (t) => {
+  const w = world(t)
+  const dev = w.device()
+  const p = await pair(t, w, { attesters: [dev.attester] })
+  const opened = new Promise<SecureChannel>((r) => p.listener.once('channel', r))
+  const ch = await connect(p, { require: ['sim'], verifier: w.verifier([dev.platform]) })
+  const dSide = await opened
+  t.equal((await ch.reattest()).status, 'affirming', 'a round with the clock moving forward passes')
+  const closedD = new Promise<ThroughlineError>((r) => dSide.once('close', r))
+  dev.attester.faults.clockRollback = true
+  const err = await ch.reattest().catch((e: unknown) => e)
+  t.match(err, { code: 'ERR_ATTEST_VERIFIER_FAILED' }, `the round fails (${String((err as Error).message)})`)
+  t.equal((err as ThroughlineError).details?.['reason'], 'clock_check_failed')
+  t.equal(ch.state, 'closed')
+  t.equal(causeOf(await closedD), 'ATTEST_VERIFIER_FAILED', 'the device is told why')
+})
+
 t.test('passport: issued by a verifier service, checked, refreshed in the channel; expiry without refresh closes', async (t) => {
   const w = world(t)
   const dev = w.device()

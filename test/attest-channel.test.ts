@@ -12,6 +12,9 @@ import { SecureChannels, SoftwareIdentity, resolveRoute, trustPredicate, type Se
 import { ReferenceValues, SimAttester, SimPlatform, SimRoot, Verifier, VerifierKey, type Attester, type AttestationResult, type Evidence, type SimFaults } from '../src/attest/index.ts'
 import { isThroughlineError, type ThroughlineError } from '../src/errors.ts'
 import { sleep, until } from './helpers/wait.ts'
+import fc from 'fast-check'
+import { createBinding, createHandshake, generateKeyPair, PROLOGUE } from '../src/channel/index.ts'
+import { encodeIdentityPayload, frame, MSG } from '../src/channel/messages.ts'
 
 const alive = setInterval(() => {}, 1_000)
 t.teardown(() => clearInterval(alive))
@@ -35,7 +38,7 @@ function world(t: Test): World {
     async mk(name) {
       const node = await new Node({ name, logger: silentLogger }).start()
       node.addTransport(new MemoryTransport(node, { network: net }))
-      await (node.transport(4) as MemoryTransport).listen(name, { allow: ['echo', 'secure', 'secure-attested', 'secure-m*', 'sink', 'verifier'], transit: true })
+      await (node.transport(4) as MemoryTransport).listen(name, { allow: ['echo', 'secure', 'secure-attested', 'secure-m*', 'sink', 'verifier', 'evil'], transit: true })
       t.teardown(() => node.stop())
       return node
     },
@@ -255,6 +258,74 @@ t.test('every fault knob gives its cause on both ends, and nothing is delivered'
       t.equal(p.sunk.length, 0)
     })
   }
+})
+
+t.test('hostile attestation payloads: a typed error for each, nothing delivered, the node keeps serving', async (t) => {
+  const w = world(t)
+  const dev = w.device()
+  const p = await pair(t, w, { attesters: [dev.attester] })
+  // "evil" answers handshake message 1 with a genuine message 2 (valid identity binding) whose
+  // attestation field is whatever the test puts there.
+  const evilId = SoftwareIdentity.generate()
+  const evilKeys = generateKeyPair()
+  const binding = await createBinding(evilId, evilKeys.publicKey)
+  let attest: unknown = null
+  p.D.startWorker(
+    'evil',
+    {
+      handleMessage: (ctx, m) => {
+        if (m.payload[0] !== MSG.HANDSHAKE_1) return
+        const hs = createHandshake({ pattern: 'XX', initiator: false, staticKeyPair: evilKeys, prologue: PROLOGUE })
+        hs.readMessage(m.payload.subarray(1))
+        let payload: Uint8Array
+        try {
+          payload = encodeIdentityPayload(binding, attest)
+        } catch {
+          payload = encodeIdentityPayload(binding, null)
+        }
+        ctx.send(m.return, frame(MSG.HANDSHAKE_2, hs.writeMessage(payload.length > 60_000 ? encodeIdentityPayload(binding, 'too big') : payload)))
+      },
+    },
+    { acceptsNetwork: true },
+  )
+  const vKey = VerifierKey.generate()
+  const options: AttestationOptions = { require: ['sim', 'passport'], verifier: w.verifier([dev.platform]), passportIssuers: vKey.trusted(), timeout: 2_000 }
+  const evidence = (body: unknown, extra: Record<string, unknown> = {}) => ({ v: 1, chosen: 'sim', ev: { suite: 'sim', fmt: 'sim-tpm2-v1', handleAlg: 'sha256/v1', body, ...extra } })
+  const cases: [string, unknown][] = [
+    ['a string', 'junk'],
+    ['a number', 42],
+    ['version 2', { v: 2, chosen: 'sim' }],
+    ['an unknown chosen suite', { v: 1, chosen: 'sgx' }],
+    ['no evidence', { v: 1, chosen: 'sim' }],
+    ['evidence that is a string', { v: 1, chosen: 'sim', ev: 'x' }],
+    ['a random body', evidence(new Uint8Array(100).fill(7))],
+    ['a body of msgpack junk', evidence(new Uint8Array([0x93, 1, 2]))],
+    ['a log of 1,100 entries (over the 1,024 limit)', evidence(new Uint8Array(10), { log: { from: 0, entries: Array.from({ length: 1100 }, () => ({})) } })],
+    ['a negative log start', evidence(new Uint8Array(10), { log: { from: -1, entries: [] } })],
+    ['10 endorsements', evidence(new Uint8Array(10), { endorsements: Array.from({ length: 10 }, () => new Uint8Array(8)) })],
+    ['a passport that is not a token', { v: 1, chosen: 'passport', ar: 'a.b.c' }],
+    ['a passport of 9,000 characters', { v: 1, chosen: 'passport', ar: 'x'.repeat(9_000) }],
+    ['100 supported suites', { v: 1, supported: Array.from({ length: 100 }, () => 'sim') }],
+  ]
+  const refuse = async (what: string): Promise<void> => {
+    const err = await p.cCh.connect(memRoute(p.D, 'evil'), { attestation: options, handshakeTimeout: 3_000 }).catch((e: unknown) => e)
+    t.ok(isThroughlineError(err) && err.code !== 'ERR_HANDSHAKE_TIMEOUT', `${what}: ${String((err as Error)?.message).slice(0, 120)}`)
+  }
+  for (const [what, value] of cases) {
+    attest = value
+    await refuse(what)
+  }
+  await fc.assert(
+    fc.asyncProperty(fc.anything({ maxDepth: 3, withTypedArray: true }), async (value) => {
+      attest = value
+      const err = await p.cCh.connect(memRoute(p.D, 'evil'), { attestation: options, handshakeTimeout: 3_000 }).catch((e: unknown) => e)
+      return isThroughlineError(err) && err.code !== 'ERR_HANDSHAKE_TIMEOUT'
+    }),
+    { numRuns: 150 },
+  )
+  const ch = await connect(p, { require: ['sim'], verifier: w.verifier([dev.platform]) })
+  t.equal(await echoThrough(p.C, ch), 'hello', 'the node keeps serving')
+  t.equal(p.sunk.length, 0)
 })
 
 t.test('replayed evidence, evidence from another channel or device, key substitution: all rejected', async (t) => {

@@ -184,6 +184,13 @@ t.test('cli: verifier service: admin-managed reference values, background check,
 
   t.equal(await D.stop('SIGINT'), 0)
   t.equal(await V.stop('SIGINT'), 0)
+
+  // reference values set by admins survive a restart of the verifier (kept in its home)
+  const V2 = startCli(t, ['verifier', 'start', '--tcp', '127.0.0.1:0', '--identity', 'ver', '--home', ver, '--admin', adminId, '--trust-sim-root', rootPub, '--trust-sim'])
+  const [, v2Addr] = await V2.waitFor(/^listening tcp (127\.0\.0\.1:\d+)$/)
+  const kept = await runCli(['verifier', 'reference-values', 'list', '--to', `/tcp/${v2Addr}/secure/secure/service/verifier`, '--identity', 'admin', '--home', adm])
+  t.same(kept.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { name: string }).name), ['golden-2'], 'after a restart the verifier still has what the admin set')
+  t.equal(await V2.stop('SIGINT'), 0)
 })
 
 const noSwtpm = swtpmAvailable() ? false : 'swtpm is not installed'

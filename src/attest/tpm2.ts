@@ -43,8 +43,9 @@
  *
  * @module
  */
-import { createHash, randomBytes } from 'node:crypto'
-import { open, readFile, rename, stat, unlink } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { readFile, stat } from 'node:fs/promises'
+import { writeFileAtomic } from '../atomic-file.ts'
 import { isThroughlineError, tlError, type ThroughlineError } from '../errors.ts'
 import type { TpmVault } from '../vault/tpm-vault.ts'
 import { TPM_ALG, eccPublicKeyObject, encodeSignature, normalizePcrs } from '../vault/tpm/index.ts'
@@ -292,20 +293,7 @@ export class MeasurementLog {
         ...(e.data === undefined ? {} : { data: Buffer.from(e.data).toString('base64') }),
       })),
     }
-    const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
-    const fh = await open(tmp, 'wx', 0o600)
-    try {
-      try {
-        await fh.writeFile(JSON.stringify(body, null, 1) + '\n')
-        await fh.sync()
-      } finally {
-        await fh.close()
-      }
-      await rename(tmp, path)
-    } catch (err) {
-      await unlink(tmp).catch(() => {})
-      throw err
-    }
+    await writeFileAtomic(path, JSON.stringify(body, null, 1) + '\n')
   }
 
   /**

@@ -32,7 +32,8 @@
  *
  * @module
  */
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
+import { writeFileAtomic } from '../atomic-file.ts'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { type ParseArgsConfig, parseArgs } from 'node:util'
@@ -495,12 +496,15 @@ async function verifierStart(args: readonly string[], io: CliIO): Promise<number
     closers.push(loaded.close)
     const id = loaded.identity
     const verifier = await localVerifier(plan, id.identifier, ttl)
+    // Reference values set by admins are kept in the home and come back after a restart.
+    const stored = join(home, 'verifier-reference-values.json')
+    if (existsSync(stored)) for (const set of await readReferenceValues(stored)) verifier.referenceValues.add(set)
     const signer = VerifierKey.fromPrivateKey(await loadVerifierKey(values.key ?? join(home, 'verifier.key')))
     const channels = new SecureChannels(node, { identity: id })
     await channels.listen('secure', { allow: ['verifier'] })
     const require = [...(plan.tpmAks.length > 0 ? (['tpm2'] as const) : []), ...(plan.simRoots.length > 0 ? (['sim'] as const) : [])]
     const attested = await channels.listen('secure-attested', { allow: ['verifier'], attestation: { require, verifier } })
-    new VerifierService(node, { verifier, signer, admins, listener: attested })
+    new VerifierService(node, { verifier, signer, admins, listener: attested, onReferenceValuesChanged: (sets) => writeFileAtomic(stored, `${JSON.stringify(sets, null, 1)}\n`) })
     io.stdout(`verifier key ${signer.kid}`)
     io.stdout(`secure listener ${id.identifier}`)
     listeners = await listenAll(transports, values, ['secure', 'secure-attested'], io)

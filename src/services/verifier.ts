@@ -55,6 +55,8 @@ export interface VerifierServiceOptions {
   /** The secure listener whose channels reach this service (needed for `passport`). */
   listener?: SecureListener
   name?: string
+  /** Called after an admin changed the reference values (e.g. to persist them); errors are logged. */
+  onReferenceValuesChanged?: (sets: ReturnType<Verifier['referenceValues']['list']>) => void | Promise<void>
 }
 
 /** The verifier service worker. */
@@ -63,6 +65,7 @@ export class VerifierService {
   readonly verifier: Verifier
   readonly signer: ResultSigner
   readonly admins: Set<string>
+  readonly #onChanged: VerifierServiceOptions['onReferenceValuesChanged']
   readonly #channels = new Map<string, SecureChannel>()
   /** Counters (diagnostics). */
   readonly stats = { appraisals: 0, passports: 0, refused: 0 }
@@ -72,6 +75,7 @@ export class VerifierService {
     this.verifier = options.verifier
     this.signer = options.signer
     this.admins = new Set(options.admins ?? [])
+    this.#onChanged = options.onReferenceValuesChanged
     options.listener?.on('channel', (ch: SecureChannel) => {
       this.#channels.set(ch.address.text, ch)
       ch.once('close', () => this.#channels.delete(ch.address.text))
@@ -88,6 +92,14 @@ export class VerifierService {
       const code: ErrorCode = isThroughlineError(err) ? err.code : 'ERR_BAD_REQUEST'
       const message = err instanceof Error ? err.message.replace(/^ERR_[A-Z_]+: /, '') : String(err)
       ctx.reply(msg, pack({ ok: false, code, message }))
+    }
+  }
+
+  async #changed(): Promise<void> {
+    try {
+      await this.#onChanged?.(this.verifier.referenceValues.list())
+    } catch (err) {
+      this.node.logger.error('verifier: saving the reference values failed', { error: err })
     }
   }
 
@@ -143,12 +155,15 @@ export class VerifierService {
         }
         if (typeof req['expires'] === 'number') set.expires = req['expires']
         this.verifier.referenceValues.add(set)
+        await this.#changed()
         return { ok: true }
       }
       case 'removeReferenceValues':
         admin()
         if (typeof req['name'] !== 'string') throw tlError('ERR_BAD_REQUEST', 'removeReferenceValues needs name')
-        return { ok: true, removed: this.verifier.referenceValues.remove(req['name']) }
+        const removed = this.verifier.referenceValues.remove(req['name'])
+        if (removed) await this.#changed()
+        return { ok: true, removed }
       case 'listReferenceValues':
         admin()
         return { ok: true, sets: this.verifier.referenceValues.list() }

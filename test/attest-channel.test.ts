@@ -9,7 +9,7 @@ import { MemoryNetwork, MemoryTransport } from '../src/transports/index.ts'
 import { startEcho } from '../src/services/index.ts'
 import { PassportClient, RemoteVerifier, VerifierService } from '../src/services/verifier.ts'
 import { SecureChannels, SoftwareIdentity, resolveRoute, trustPredicate, type SecureChannel, type SecureListener, type AttestationOptions } from '../src/channel/index.ts'
-import { ReferenceValues, SimAttester, SimPlatform, SimRoot, Verifier, VerifierKey, type Attester, type AttestationResult, type Evidence, type SimFaults } from '../src/attest/index.ts'
+import { ReferenceValues, SimAttester, SimPlatform, SimRoot, Verifier, VerifierKey, type Attester, type Evidence, type SimFaults } from '../src/attest/index.ts'
 import { isThroughlineError, type ThroughlineError } from '../src/errors.ts'
 import { sleep, until } from './helpers/wait.ts'
 import fc from 'fast-check'
@@ -66,7 +66,7 @@ interface Pair {
 }
 
 /** D (listener `secure`, device) and C (initiator), each with its own attestation options. */
-async function pair(t: Test, w: World, dAttest: AttestationOptions, cNodeAttest: AttestationOptions = {}, listenExtra: Record<string, unknown> = {}): Promise<Pair> {
+async function pair(_t: Test, w: World, dAttest: AttestationOptions, cNodeAttest: AttestationOptions = {}, listenExtra: Record<string, unknown> = {}): Promise<Pair> {
   const D = await w.mk(`D${Math.random().toString(16).slice(2, 8)}`)
   startEcho(D)
   const sunk: Message[] = []
@@ -111,7 +111,6 @@ t.test('handshake evidence: responder-only, initiator-only, mutual; post-handsha
       t.equal(await echoThrough(p.C, ch), 'hello')
     })
     await t.test(`${mode}: the responder requires sim of the initiator`, async (t) => {
-      const dev = w.device()
       const cdev = w.device()
       const p = await pair(t, w, { require: ['sim'], verifier: w.verifier([cdev.platform]), mode }, { attesters: [cdev.attester] })
       const ch = await connect(p, {})
@@ -121,7 +120,6 @@ t.test('handshake evidence: responder-only, initiator-only, mutual; post-handsha
       await until(() => p.sunk.length === 1)
       t.equal(p.sunk[0]!.local.peer?.attributes?.['attest.status'], 'affirming', 'delivered messages carry the attestation result of the peer')
       t.equal(p.sunk[0]!.local.peer?.attributes?.['attest.suite'], 'sim')
-      void dev
     })
     await t.test(`${mode}: mutual`, async (t) => {
       const ddev = w.device()
@@ -530,5 +528,4 @@ t.test('a verifier service refuses admin requests from non-admins and takes them
   const { route: r2 } = await resolveRoute('/memory/Va/secure/secure/service/verifier', oCh)
   await t.rejects(verifierRequest(O, r2, { op: 'removeReferenceValues', name: 'fw-b' }), { code: 'ERR_VERIFIER_DENIED' })
   t.equal(verifier.referenceValues.size, 1)
-  void (null as unknown as AttestationResult)
 })

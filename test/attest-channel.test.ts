@@ -507,6 +507,18 @@ t.test('background check through a verifier service; a stopped verifier gives VE
   t.ok(took < 800 + 1_500, `within the configured timeout (${took} ms), never a hang`)
   await until(() => p.listenerErrors.length === 2) // [0] is the corrupt signature above
   t.equal(causeOf(p.listenerErrors[1]), 'VERIFIER_UNAVAILABLE', 'the device learns the cause too')
+
+  // A verifier that is up but never answers (swallows requests): the timeout bounds the wait.
+  const S = await w.mk('Vs')
+  const sCh = new SecureChannels(S, { identity: SoftwareIdentity.generate() })
+  await sCh.listen('secure', { allow: ['verifier'] })
+  S.startWorker('verifier', { handleMessage: () => {} })
+  const silent = new RemoteVerifier(p.C, { route: async () => (await resolveRoute('/memory/Vs/secure/secure/service/verifier', p.cCh)).route, keys: vKey.trusted(), timeout: 500 })
+  const t0 = Date.now()
+  const err2 = await connect(p, { require: ['sim'], verifier: silent }).catch((e: unknown) => e)
+  const took2 = Date.now() - t0
+  t.equal(causeOf(err2), 'VERIFIER_UNAVAILABLE', `a silent verifier: VERIFIER_UNAVAILABLE after ${took2} ms`)
+  t.ok(took2 < 500 + 1_500, 'bounded by the configured timeout, never a hang')
 })
 
 t.test('a verifier service refuses admin requests from non-admins and takes them from admins', async (t) => {

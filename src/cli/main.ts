@@ -11,6 +11,7 @@
  * throughline verifier start [--tcp HOST:PORT]... --identity NAME [--admin ID]... [LOCAL VERIFIER FLAGS]
  *                            [--result-ttl MS] [--key FILE]
  * throughline verifier reference-values set|remove|list --to ROUTE --identity NAME ...
+ * throughline verifier policy show|set --to ROUTE --identity NAME [policy flags]
  * throughline identity create|show NAME
  * throughline help | version
  *
@@ -53,7 +54,7 @@ import { type TrustPolicy, trustAny, trustIdentifiers } from '../channel/trust.t
 import type { AttestationOptions } from '../channel/attestation.ts'
 import '../channel/index.ts'
 import { VerifierKey } from '../attest/token.ts'
-import { PassportClient, VerifierService, verifierRequest } from '../services/verifier.ts'
+import { PassportClient, VerifierService, checkPolicy, verifierRequest } from '../services/verifier.ts'
 import {
   LOCAL_VERIFIER_OPTIONS,
   RELYING_PARTY_OPTIONS,
@@ -136,6 +137,10 @@ const USAGE = `usage:
   throughline verifier reference-values set --to ROUTE --identity NAME --file FILE [SETNAME]
   throughline verifier reference-values remove --to ROUTE --identity NAME SETNAME
   throughline verifier reference-values list --to ROUTE --identity NAME
+  throughline verifier policy show --to ROUTE --identity NAME
+  throughline verifier policy set --to ROUTE --identity NAME [--id ID] [--min-svn N]
+                             [--debug warning|contraindicated] [--trust-sim|--no-trust-sim]
+                             [--require-reference-values yes|no]
       Admin requests over a secure channel (ROUTE e.g. /tcp/V:4100/secure/secure/service/verifier);
       NAME must be one of the verifier's --admin identities. [--trust ID]... [--timeout MS] [--home DIR]
   throughline identity create NAME [--home DIR] [--vault software|tpm --tpm unix:PATH|tcp:HOST:PORT|/dev/tpmrm0]
@@ -182,6 +187,7 @@ export async function main(argv: readonly string[], io: CliIO): Promise<number> 
     if (cmd === 'attest' && sub === 'pcrs') return await attestPcrs(argv.slice(2), io)
     if (cmd === 'verifier' && sub === 'start') return await verifierStart(argv.slice(2), io)
     if (cmd === 'verifier' && sub === 'reference-values') return await verifierReferenceValues(argv[2], argv.slice(3), io)
+    if (cmd === 'verifier' && sub === 'policy') return await verifierPolicy(argv[2], argv.slice(3), io)
     throw usageError(`unknown command "${argv.join(' ')}" (try: throughline help)`)
   } catch (err) {
     if (isThroughlineError(err)) {
@@ -504,7 +510,17 @@ async function verifierStart(args: readonly string[], io: CliIO): Promise<number
     await channels.listen('secure', { allow: ['verifier'] })
     const require = [...(plan.tpmAks.length > 0 ? (['tpm2'] as const) : []), ...(plan.simRoots.length > 0 ? (['sim'] as const) : [])]
     const attested = await channels.listen('secure-attested', { allow: ['verifier'], attestation: { require, verifier } })
-    new VerifierService(node, { verifier, signer, admins, listener: attested, onReferenceValuesChanged: (sets) => writeFileAtomic(stored, `${JSON.stringify(sets, null, 1)}\n`) })
+    // So does a policy an admin set.
+    const storedPolicy = join(home, 'verifier-policy.json')
+    if (existsSync(storedPolicy)) verifier.setPolicy(checkPolicy(JSON.parse(await readFile(storedPolicy, 'utf8'))))
+    new VerifierService(node, {
+      verifier,
+      signer,
+      admins,
+      listener: attested,
+      onReferenceValuesChanged: (sets) => writeFileAtomic(stored, `${JSON.stringify(sets, null, 1)}\n`),
+      onPolicyChanged: (policy) => writeFileAtomic(storedPolicy, `${JSON.stringify(policy, null, 1)}\n`),
+    })
     io.stdout(`verifier key ${signer.kid}`)
     io.stdout(`secure listener ${id.identifier}`)
     listeners = await listenAll(transports, values, ['secure', 'secure-attested'], io)
@@ -524,20 +540,11 @@ async function verifierStart(args: readonly string[], io: CliIO): Promise<number
 /** `verifier reference-values set|remove|list`: admin requests to a verifier service. */
 async function verifierReferenceValues(op: string | undefined, args: readonly string[], io: CliIO): Promise<number> {
   if (op !== 'set' && op !== 'remove' && op !== 'list') throw usageError(`verifier reference-values takes set, remove or list (got "${op ?? ''}")`)
-  const { values, positionals } = parse(args, {
-    to: { type: 'string' },
-    identity: { type: 'string' },
-    file: { type: 'string' },
-    trust: { type: 'string', multiple: true },
-    timeout: { type: 'string' },
-    home: { type: 'string' },
-  })
+  const { values, positionals } = parse(args, { ...ADMIN_OPTIONS, file: { type: 'string' } })
   if (values.to === undefined) throw usageError(`verifier reference-values ${op} needs --to ROUTE (e.g. /tcp/HOST:PORT/secure/secure/service/verifier)`)
   if (values.identity === undefined) throw usageError(`verifier reference-values ${op} needs --identity NAME (an admin identity of the verifier)`)
   secureRouteFlag('--to', values.to)
   if (values.file !== undefined && op !== 'set') throw usageError('--file is for reference-values set')
-  const timeout = intFlag(values.timeout, '--timeout', 1) ?? 10_000
-  const trust = trustOf(values.trust)
   const requests: Record<string, unknown>[] = []
   if (op === 'set') {
     if (values.file !== undefined) {
@@ -563,19 +570,50 @@ async function verifierReferenceValues(op: string | undefined, args: readonly st
     if (positionals.length > 0) throw usageError(`unexpected argument "${positionals[0]}"`)
     requests.push({ op: 'listReferenceValues' })
   }
+  return runAdmin(values, requests, io, (req, r) => {
+    if (req['op'] === 'setReferenceValues') io.stdout(`reference values set ${String(req['name'])}`)
+    else if (req['op'] === 'removeReferenceValues') {
+      if (r['removed'] !== true) throw tlError('ERR_INVALID_ARGUMENT', `the verifier has no reference-value set named "${String(req['name'])}"`)
+      io.stdout(`reference values removed ${String(req['name'])}`)
+    } else {
+      for (const s of Array.isArray(r['sets']) ? r['sets'] : []) io.stdout(JSON.stringify(s))
+    }
+  })
+}
+
+/** Flags every admin command takes. */
+const ADMIN_OPTIONS = {
+  to: { type: 'string' },
+  identity: { type: 'string' },
+  trust: { type: 'string', multiple: true },
+  timeout: { type: 'string' },
+  home: { type: 'string' },
+} as const
+
+/**
+ * Sends admin `requests` to the verifier service at `values.to` over a secure channel opened with
+ * the admin identity `values.identity`, one after the other; `onReply` prints each answer.
+ */
+async function runAdmin(
+  values: { to?: string | undefined; identity?: string | undefined; trust?: string[] | undefined; timeout?: string | undefined; home?: string | undefined },
+  requests: Record<string, unknown>[] | ((ask: (req: Record<string, unknown>) => Promise<Record<string, unknown>>) => Promise<Record<string, unknown>[]>),
+  io: CliIO,
+  onReply: (req: Record<string, unknown>, reply: Record<string, unknown>) => void,
+): Promise<number> {
+  const timeout = intFlag(values.timeout, '--timeout', 1) ?? 10_000
+  const trust = trustOf(values.trust)
   const home = values.home ?? defaultHome()
   const node = await new Node({ name: 'admin', logger: silentLogger }).start()
   addTransports(node)
   let close = async (): Promise<void> => {}
   try {
-    const loaded = await loadIdentity(home, values.identity)
+    const loaded = await loadIdentity(home, values.identity!)
     close = loaded.close
     const channels = new SecureChannels(node, { identity: loaded.identity })
-    const { route } = await resolveRoute(values.to, channels, { trust, handshakeTimeout: timeout, signal: io.signal ?? AbortSignal.timeout(timeout) })
-    for (const req of requests) {
-      let r: Record<string, unknown>
+    const { route } = await resolveRoute(values.to!, channels, { trust, handshakeTimeout: timeout, signal: io.signal ?? AbortSignal.timeout(timeout) })
+    const ask = async (req: Record<string, unknown>): Promise<Record<string, unknown>> => {
       try {
-        r = await verifierRequest(node, route, req, timeout)
+        return await verifierRequest(node, route, req, timeout)
       } catch (err) {
         // "the verifier service refused: ERR_X text" → "ERR_X: the verifier service refused: text"
         if (isThroughlineError(err) && err.details?.['remoteCode'] === err.code) {
@@ -583,19 +621,61 @@ async function verifierReferenceValues(op: string | undefined, args: readonly st
         }
         throw err
       }
-      if (req['op'] === 'setReferenceValues') io.stdout(`reference values set ${String(req['name'])}`)
-      else if (req['op'] === 'removeReferenceValues') {
-        if (r['removed'] !== true) throw tlError('ERR_INVALID_ARGUMENT', `the verifier has no reference-value set named "${String(req['name'])}"`)
-        io.stdout(`reference values removed ${String(req['name'])}`)
-      } else {
-        for (const s of Array.isArray(r['sets']) ? r['sets'] : []) io.stdout(JSON.stringify(s))
-      }
     }
+    for (const req of typeof requests === 'function' ? await requests(ask) : requests) onReply(req, await ask(req))
     return EXIT.OK
   } finally {
     await node.stop()
     await close()
   }
+}
+
+/** `verifier policy show|set`: the verifier service's appraisal policy (admins). */
+async function verifierPolicy(op: string | undefined, args: readonly string[], io: CliIO): Promise<number> {
+  if (op !== 'show' && op !== 'set') throw usageError(`verifier policy takes show or set (got "${op ?? ''}")`)
+  const { values, positionals } = parse(args, {
+    ...ADMIN_OPTIONS,
+    id: { type: 'string' },
+    'min-svn': { type: 'string' },
+    debug: { type: 'string' },
+    'trust-sim': { type: 'boolean' },
+    'no-trust-sim': { type: 'boolean' },
+    'require-reference-values': { type: 'string' },
+  })
+  if (positionals.length > 0) throw usageError(`unexpected argument "${positionals[0]}"`)
+  if (values.to === undefined) throw usageError(`verifier policy ${op} needs --to ROUTE (e.g. /tcp/HOST:PORT/secure/secure/service/verifier)`)
+  if (values.identity === undefined) throw usageError(`verifier policy ${op} needs --identity NAME (an admin identity of the verifier)`)
+  secureRouteFlag('--to', values.to)
+  const changes: Record<string, unknown> = {}
+  if (values.id !== undefined) changes['id'] = values.id
+  const minSvn = intFlag(values['min-svn'], '--min-svn', 0)
+  if (minSvn !== undefined) changes['minSvn'] = minSvn
+  if (values.debug !== undefined) {
+    if (values.debug !== 'warning' && values.debug !== 'contraindicated') throw usageError('--debug takes warning or contraindicated')
+    changes['debug'] = values.debug
+  }
+  if (values['trust-sim'] === true && values['no-trust-sim'] === true) throw usageError('--trust-sim and --no-trust-sim exclude each other')
+  if (values['trust-sim'] === true) changes['trustSim'] = true
+  if (values['no-trust-sim'] === true) changes['trustSim'] = false
+  const rrv = values['require-reference-values']
+  if (rrv !== undefined) {
+    if (rrv !== 'yes' && rrv !== 'no') throw usageError('--require-reference-values takes yes or no')
+    changes['requireReferenceValues'] = rrv === 'yes'
+  }
+  if (op === 'show' && Object.keys(changes).length > 0) throw usageError('verifier policy show takes no policy flags')
+  if (op === 'set' && Object.keys(changes).length === 0) throw usageError('verifier policy set needs at least one of --id, --min-svn, --debug, --trust-sim, --no-trust-sim, --require-reference-values')
+  return runAdmin(
+    values,
+    async (ask) => {
+      if (op === 'show') return [{ op: 'getPolicy' }]
+      const current = (await ask({ op: 'getPolicy' }))['policy'] as Record<string, unknown>
+      return [{ op: 'setPolicy', policy: { ...current, ...changes } }, { op: 'getPolicy' }]
+    },
+    io,
+    (req, r) => {
+      if (req['op'] === 'getPolicy') io.stdout(JSON.stringify(r['policy']))
+    },
+  )
 }
 
 /**

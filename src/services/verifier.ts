@@ -12,7 +12,8 @@
  * | `setReferenceValues` | admins | `{ name, pcrs: {index: hex}, expires? }` | `{ ok }` |
  * | `removeReferenceValues` | admins | `{ name }` | `{ ok, removed }` |
  * | `listReferenceValues` | admins | `{}` | `{ ok, sets }` |
- * | `setPolicy` | admins | `{ policy }` | `{ ok }` |
+ * | `setPolicy` | admins | `{ policy }` (checked: {@link checkPolicy}) | `{ ok }` |
+ * | `getPolicy` | admins | `{}` | `{ ok, policy }` |
  *
  * Failures reply `{ ok: false, code, message }` with a stable code (ERR_BAD_REQUEST,
  * ERR_VERIFIER_DENIED, ERR_ATTEST_EVIDENCE, ...).
@@ -57,6 +58,43 @@ export interface VerifierServiceOptions {
   name?: string
   /** Called after an admin changed the reference values (e.g. to persist them); errors are logged. */
   onReferenceValuesChanged?: (sets: ReturnType<Verifier['referenceValues']['list']>) => void | Promise<void>
+  /** Called after an admin changed the appraisal policy; errors are logged. */
+  onPolicyChanged?: (policy: AppraisalPolicy) => void | Promise<void>
+}
+
+/** Checks an appraisal policy sent to the service (or read from a file); ERR_BAD_REQUEST names the bad field. */
+export function checkPolicy(x: unknown): AppraisalPolicy {
+  const p = x as Record<string, unknown> | null
+  if (p === null || typeof p !== 'object' || Array.isArray(p)) throw tlError('ERR_BAD_REQUEST', 'a policy is a map {id, minSvn?, debug?, requireReferenceValues?, trustSim?, maxClockSkewMs?}')
+  const known = new Set(['id', 'minSvn', 'debug', 'requireReferenceValues', 'trustSim', 'maxClockSkewMs'])
+  for (const k of Object.keys(p)) if (!known.has(k)) throw tlError('ERR_BAD_REQUEST', `policy: unknown field "${k.slice(0, 32)}"`)
+  if (typeof p['id'] !== 'string' || p['id'].length === 0 || p['id'].length > 64) throw tlError('ERR_BAD_REQUEST', 'policy: id must be 1..64 characters')
+  const out: AppraisalPolicy = { id: p['id'] }
+  const int = (k: string): number | undefined => {
+    const v = p[k]
+    if (v === undefined || v === null) return undefined
+    if (!Number.isSafeInteger(v) || (v as number) < 0) throw tlError('ERR_BAD_REQUEST', `policy: ${k} must be a whole number >= 0`)
+    return v as number
+  }
+  const bool = (k: string): boolean | undefined => {
+    const v = p[k]
+    if (v === undefined || v === null) return undefined
+    if (typeof v !== 'boolean') throw tlError('ERR_BAD_REQUEST', `policy: ${k} must be true or false`)
+    return v
+  }
+  const minSvn = int('minSvn')
+  if (minSvn !== undefined) out.minSvn = minSvn
+  const skew = int('maxClockSkewMs')
+  if (skew !== undefined) out.maxClockSkewMs = skew
+  const rv = bool('requireReferenceValues')
+  if (rv !== undefined) out.requireReferenceValues = rv
+  const sim = bool('trustSim')
+  if (sim !== undefined) out.trustSim = sim
+  if (p['debug'] !== undefined && p['debug'] !== null) {
+    if (p['debug'] !== 'warning' && p['debug'] !== 'contraindicated') throw tlError('ERR_BAD_REQUEST', 'policy: debug must be warning or contraindicated')
+    out.debug = p['debug']
+  }
+  return out
 }
 
 /** The verifier service worker. */
@@ -66,6 +104,7 @@ export class VerifierService {
   readonly signer: ResultSigner
   readonly admins: Set<string>
   readonly #onChanged: VerifierServiceOptions['onReferenceValuesChanged']
+  readonly #onPolicy: VerifierServiceOptions['onPolicyChanged']
   readonly #channels = new Map<string, SecureChannel>()
   /** Counters (diagnostics). */
   readonly stats = { appraisals: 0, passports: 0, refused: 0 }
@@ -76,6 +115,7 @@ export class VerifierService {
     this.signer = options.signer
     this.admins = new Set(options.admins ?? [])
     this.#onChanged = options.onReferenceValuesChanged
+    this.#onPolicy = options.onPolicyChanged
     options.listener?.on('channel', (ch: SecureChannel) => {
       this.#channels.set(ch.address.text, ch)
       ch.once('close', () => this.#channels.delete(ch.address.text))
@@ -169,11 +209,18 @@ export class VerifierService {
         return { ok: true, sets: this.verifier.referenceValues.list() }
       case 'setPolicy': {
         admin()
-        const p = req['policy'] as Partial<AppraisalPolicy> | null
-        if (p === null || typeof p !== 'object' || typeof p.id !== 'string') throw tlError('ERR_BAD_REQUEST', 'setPolicy needs policy {id, ...}')
-        this.verifier.setPolicy(p as AppraisalPolicy)
+        const policy = checkPolicy(req['policy'])
+        this.verifier.setPolicy(policy)
+        try {
+          await this.#onPolicy?.(policy)
+        } catch (err) {
+          this.node.logger.error('verifier: saving the policy failed', { error: err })
+        }
         return { ok: true }
       }
+      case 'getPolicy':
+        admin()
+        return { ok: true, policy: { ...this.verifier.policy } }
       default:
         throw tlError('ERR_BAD_REQUEST', `unknown verifier op ${String(req['op']).slice(0, 32)}`)
     }

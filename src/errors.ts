@@ -89,6 +89,7 @@ export const ERROR_CODES = {
   ERR_ATTEST_POLICY_DENY: "the peer's attestation result does not meet the policy (e.g. status warning where affirming is required)",
   ERR_ATTEST_NO_VALID_RESULT: "the peer's attestation result (passport) expired and was not refreshed",
   ERR_ATTEST_EVIDENCE: 'attestation evidence, an event log, a result token or an endorsement is malformed or over a size limit',
+  ERR_ATTEST_ENROL_FAILED: 'an attestation key was refused at enrolment: wrong attributes, wrong EK, or its credential activation failed or returned the wrong secret',
   ERR_VERIFIER_UNAVAILABLE: 'the verifier service did not answer within the timeout or could not be reached',
   ERR_VERIFIER_DENIED: 'the verifier service refused an admin request from an identity that is not an admin',
 

@@ -17,4 +17,6 @@ export * from './quote.ts'
 export * from './sim.ts'
 export * from './verifier.ts'
 export * from './token.ts'
+export * from './credential.ts'
+export * from './enrol.ts'
 // tpm2.ts (the real-TPM attester) is added here by its author.

@@ -12,14 +12,14 @@
  *     akPub:  SPKI DER of the AK's P-256 public key },
  *   log: { from, entries } (when the attester has a {@link MeasurementLog}) }
  * ```
- * No endorsements: the AK is trusted because the verifier pinned it (`trustAnchors.tpmAks`, enrolled
- * from {@link Tpm2Attester.akPublicSpki}).
+ * No endorsements: the AK is trusted because the verifier pinned it (`trustAnchors.tpmAks`), by
+ * hand from {@link Tpm2Attester.akPublicSpki}, or after credential activation (`enrolAk` in
+ * enrol.ts: MakeCredential to the TPM's EK, `TpmVault.activateCredential`, Keylime's method).
  *
  * ## Known gaps
- * - **No AK↔EK binding.** MakeCredential/ActivateCredential (Keylime's enrolment) and the EK
- *   certificate chain are not implemented: the AK is an owner-hierarchy key under the vault's SRK,
- *   trusted only because a verifier enrolled (pinned) its public key. Until credential activation
- *   exists, enrolment must happen over a trusted path.
+ * - **No EK certificate chain.** Credential activation binds the AK (an owner-hierarchy key under
+ *   the vault's SRK) to the TCG ECC P-256 EK, but the EK itself is trusted on first use: its
+ *   certificate and the manufacturer CA are not checked. Enrolment must run over a trusted path.
  * - **swtpm proves protocol correctness, not silicon binding**: it has no manufacturer EK, so tests
  *   against it show the structures, signatures and bindings are right — nothing about hardware.
  * - The AK lives in the owner hierarchy, so the TPM obfuscates resetCount, restartCount and

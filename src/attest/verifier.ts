@@ -373,6 +373,16 @@ export class Verifier {
     if (!Number.isSafeInteger(this.#ttl) || this.#ttl <= 0) throw tlError('ERR_INVALID_ARGUMENT', 'resultTtlMs must be a positive integer')
   }
 
+  /**
+   * Adds a TPM attestation key (SPKI DER) to the trust anchors, e.g. the `akSpki` of an AK enrolled
+   * by credential activation (`enrolAk`, enrol.ts). Idempotent. In memory only: persist it with
+   * the rest of the verifier's configuration.
+   */
+  enrolAk(spki: Uint8Array): void {
+    if (!(spki instanceof Uint8Array) || spki.length === 0) throw tlError('ERR_INVALID_ARGUMENT', 'enrolAk: an SPKI DER (Uint8Array) expected')
+    if (!this.#tpmAks.some((k) => bytesEqual(k, spki))) this.#tpmAks.push(Uint8Array.from(spki))
+  }
+
   /** Lifetime of the results this verifier issues (ms). */
   get resultTtlMs(): number {
     return this.#ttl

@@ -604,6 +604,53 @@ export class TpmVault implements Vault {
   }
 
   // ------------------------------------------------------------------------------------------
+  // Endorsement key and credential activation (AK enrolment, Keylime's method)
+
+  /**
+   * The TPM2B_PUBLIC of this TPM's endorsement key: the TCG EK Credential Profile ECC P-256 EK
+   * (`ekTemplate()`), created under the endorsement hierarchy (deterministic), read and flushed.
+   * Without an EK certificate nothing vouches for it: a verifier that records it trusts it on
+   * first use (docs/attestation.md).
+   */
+  async ekPublic(): Promise<Uint8Array> {
+    this.#check()
+    return this.#run(async () => {
+      await this.#makeRoom(1)
+      return this.#client.withEk(async (ek) => Uint8Array.from(ek.public))
+    })
+  }
+
+  /**
+   * TPM2_ActivateCredential with the attestation key `akHandle` and this TPM's EK (policy session
+   * with PolicySecret(TPM_RH_ENDORSEMENT)): returns the secret of a credential made (e.g. by
+   * `makeCredential` in src/attest/credential.ts) for this AK's Name and this EK. Both blobs are
+   * TPM2B wire bytes. A credential for another Name or another EK is `ERR_TPM` (TPM_RC_INTEGRITY,
+   * or an ECC point/value error). The EK and the session are flushed whatever happens.
+   */
+  async activateCredential(akHandle: string, credentialBlob: Uint8Array, encryptedSecret: Uint8Array): Promise<Uint8Array> {
+    const ak = this.#tpmKey(akHandle, ['ak'])
+    if (!(credentialBlob instanceof Uint8Array) || !isTpm2b(credentialBlob)) throw tlError('ERR_INVALID_ARGUMENT', 'activateCredential: the credential blob is not a TPM2B_ID_OBJECT')
+    if (!(encryptedSecret instanceof Uint8Array) || !isTpm2b(encryptedSecret)) throw tlError('ERR_INVALID_ARGUMENT', 'activateCredential: the encrypted secret is not a TPM2B_ENCRYPTED_SECRET')
+    return this.#run(async () => {
+      // The AK (if not loaded yet) and the EK each need a slot next to the SRK.
+      await this.#makeRoom(this.#loaded.has(akHandle) ? 1 : 2, akHandle)
+      return this.#withObjects([{ id: akHandle, blobs: ak.blobs, keep: true }], ([a]) =>
+        this.#client.activateCredentialWithEk(a!, credentialBlob, encryptedSecret),
+      )
+    })
+  }
+
+  /** Evicts kept keys (least recently used first, never `keep`) until `n` more objects fit beside the SRK. */
+  async #makeRoom(n: number, keep?: string): Promise<void> {
+    await this.#srkHandle()
+    while (1 + this.#loaded.size + n > this.#maxObjects) {
+      const victim = [...this.#loaded.keys()].find((k) => k !== keep)
+      if (victim === undefined) break
+      await this.#evict(victim)
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
   // PCRs (through the vault's queue: the vault holds the TPM connection)
 
   /** Reads SHA-256 PCR values. */

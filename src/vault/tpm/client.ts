@@ -5,7 +5,12 @@
  * Commands: Startup, Shutdown, GetRandom, GetCapability (handles, properties), PCR_Read (paged:
  * a TPM returns at most 8 digests per call), PCR_Extend, CreatePrimary, Create, Load, ReadPublic,
  * Sign, Quote, Certify, StartAuthSession (policy/trial), PolicyPCR, PolicyGetDigest, Unseal,
- * FlushContext, EvictControl.
+ * PolicySecret, ActivateCredential, FlushContext, EvictControl.
+ *
+ * Endorsement: {@link TpmClient.createEk} creates the TCG ECC P-256 EK (deterministic, endorsement
+ * hierarchy); {@link TpmClient.activateCredentialWithEk} runs TPM2_ActivateCredential with an
+ * AK (password) and that EK (policy session satisfying PolicySecret(TPM_RH_ENDORSEMENT)),
+ * flushing the EK and the session whatever happens.
  *
  * Authorization: password sessions (TPM_RS_PW, {@link passwordAuth}) for objects with (empty)
  * auth values, and policy sessions ({@link policyAuth}) for PCR-bound sealed objects. HMAC
@@ -63,6 +68,7 @@ import {
   objectName,
   policyPcrDigest,
   publicArea,
+  ekTemplate,
   sealedDataTemplate,
   srkTemplate,
   writePublic,
@@ -662,6 +668,94 @@ export class TpmClient {
     const d = r.tpm2b('outData', TPM_MAX_SYM_DATA).slice()
     r.end()
     return d
+  }
+
+  /**
+   * TPM2_PolicySecret: asserts knowledge of `authHandle`'s auth value (default: TPM_RH_ENDORSEMENT
+   * with its empty password) in the policy session `session`. No nonce, cpHash, policyRef or
+   * expiration: the session's policy digest becomes `H(digest ‖ u32 CC_PolicySecret ‖ Name(auth)) → H(· ‖ empty)`.
+   */
+  async policySecret(session: number, authHandle: number = TPM_RH.ENDORSEMENT, auth: AuthSession = passwordAuth()): Promise<void> {
+    const w = new TpmWriter(16)
+    w.tpm2b(EMPTY) // nonceTPM
+    w.tpm2b(EMPTY) // cpHashA
+    w.tpm2b(EMPTY) // policyRef
+    w.u32(0) // expiration (INT32 0: no ticket)
+    const { params: r } = await this.execute(TPM_CC.PolicySecret, { handles: [authHandle, session], auths: [auth], params: w.finish() })
+    r.tpm2b('timeout', 64)
+    r.u16('policyTicket.tag')
+    r.u32('policyTicket.hierarchy')
+    r.tpm2b('policyTicket.digest', 64)
+    r.end()
+  }
+
+  /**
+   * TPM2_ActivateCredential: `keyHandle` (the EK) decrypts the seed in `encryptedSecret`, the TPM
+   * checks the credential's integrity HMAC against the Name of `activateHandle` (the AK) and
+   * returns the secret. Both blobs are TPM2B wire bytes (TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET,
+   * size prefix included). A credential made for another Name or another EK fails with `ERR_TPM`
+   * (TPM_RC_INTEGRITY, or TPM_RC_ECC_POINT / TPM_RC_VALUE for a seed that does not decrypt).
+   */
+  async activateCredential(
+    activateHandle: number,
+    keyHandle: number,
+    credentialBlob: Uint8Array,
+    encryptedSecret: Uint8Array,
+    auths: { activateAuth?: AuthSession; keyAuth: AuthSession },
+  ): Promise<Uint8Array> {
+    checkBlob('the credential blob (TPM2B_ID_OBJECT)', credentialBlob)
+    checkBlob('the encrypted secret (TPM2B_ENCRYPTED_SECRET)', encryptedSecret)
+    const params = new TpmWriter(credentialBlob.length + encryptedSecret.length).bytes(credentialBlob).bytes(encryptedSecret).finish()
+    const { params: r } = await this.execute(TPM_CC.ActivateCredential, {
+      handles: [activateHandle, keyHandle],
+      auths: [auths.activateAuth ?? passwordAuth(), auths.keyAuth],
+      params,
+    })
+    const certInfo = r.tpm2b('certInfo', 64).slice()
+    r.end()
+    return certInfo
+  }
+
+  /**
+   * Creates the TCG ECC P-256 endorsement key ({@link ekTemplate}) under the endorsement
+   * hierarchy (empty endorsement password by default). Deterministic: the same EK every time on a
+   * given TPM. The caller flushes it (or use {@link withEk}).
+   */
+  async createEk(auth: AuthSession = passwordAuth()): Promise<PrimaryObject> {
+    return this.createPrimary(ekTemplate(), { hierarchy: TPM_RH.ENDORSEMENT, auth })
+  }
+
+  /** Creates the EK, runs `fn`, flushes the EK. */
+  async withEk<T>(fn: (ek: PrimaryObject) => Promise<T>, auth: AuthSession = passwordAuth()): Promise<T> {
+    const ek = await this.createEk(auth)
+    return this.withHandle(ek.handle, () => fn(ek))
+  }
+
+  /**
+   * The whole activation with the TCG EK: creates the EK, starts a policy session, satisfies
+   * PolicySecret(TPM_RH_ENDORSEMENT), runs TPM2_ActivateCredential with the loaded AK `ak`
+   * (password `akAuth`, default empty), and flushes the session and the EK (in `finally` too).
+   * Needs one free object slot besides the AK.
+   */
+  async activateCredentialWithEk(
+    ak: number,
+    credentialBlob: Uint8Array,
+    encryptedSecret: Uint8Array,
+    options: { akAuth?: AuthSession; endorsementAuth?: AuthSession } = {},
+  ): Promise<Uint8Array> {
+    checkBlob('the credential blob (TPM2B_ID_OBJECT)', credentialBlob)
+    checkBlob('the encrypted secret (TPM2B_ENCRYPTED_SECRET)', encryptedSecret)
+    return this.withEk(
+      (ek) =>
+        this.withPolicySession(async (session) => {
+          await this.policySecret(session, TPM_RH.ENDORSEMENT, options.endorsementAuth ?? passwordAuth())
+          return this.activateCredential(ak, ek.handle, credentialBlob, encryptedSecret, {
+            keyAuth: policyAuth(session),
+            ...(options.akAuth === undefined ? {} : { activateAuth: options.akAuth }),
+          })
+        }),
+      options.endorsementAuth ?? passwordAuth(),
+    )
   }
 
   // -------------------------------------------------------------------------------------------

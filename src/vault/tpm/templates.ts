@@ -9,6 +9,10 @@
  * - {@link signingKeyTemplate}: a non-exportable ECDSA/SHA-256 key,
  *   fixedTPM|fixedParent|sensitiveDataOrigin|userWithAuth|sign (`0x00040072`; with noDA `0x00040472`).
  * - {@link attestationKeyTemplate}: the same, restricted (`0x00050072`), for Quote and Certify.
+ * - {@link ekTemplate}: the TCG EK Credential Profile ECC NIST P-256 endorsement key (template L-2):
+ *   fixedTPM|fixedParent|sensitiveDataOrigin|adminWithPolicy|restricted|decrypt (`0x000300b2`),
+ *   authPolicy PolicySecret(TPM_RH_ENDORSEMENT) ({@link EK_POLICY}), AES-128-CFB, unique = 32
+ *   zero bytes for x and y. Created under the endorsement hierarchy; deterministic per TPM.
  * - {@link sealedDataTemplate}: a keyedhash data object, fixedTPM|fixedParent; with an authPolicy
  *   (e.g. {@link policyPcrDigest}) it can only be unsealed through a policy session (no userWithAuth).
  *
@@ -200,6 +204,38 @@ export function srkTemplate(): EccPublic {
     nameAlg: TPM_ALG.SHA256,
     objectAttributes: BASE_KEY | TPMA_OBJECT.noDA | TPMA_OBJECT.restricted | TPMA_OBJECT.decrypt,
     authPolicy: EMPTY,
+    symmetric: { alg: TPM_ALG.AES, keyBits: 128, mode: TPM_ALG.CFB },
+    scheme: null,
+    curve: TPM_ECC.NIST_P256,
+    kdf: null,
+    x: P256_UNIQUE_ZERO,
+    y: P256_UNIQUE_ZERO,
+  }
+}
+
+/**
+ * The authPolicy of the TCG EK templates: `PolicySecret(TPM_RH_ENDORSEMENT)` with SHA-256, i.e.
+ * `SHA-256(SHA-256(0^32 ‖ u32 TPM_CC_PolicySecret ‖ u32 0x4000000B) ‖ policyRef (empty))`.
+ */
+export const EK_POLICY: Uint8Array = Uint8Array.from(Buffer.from('837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa', 'hex'))
+
+/**
+ * The TCG EK Credential Profile ECC NIST P-256 EK template (L-2, go-tpm `ECCEKTemplate`):
+ * attributes 0x000300b2 (no userWithAuth: the EK is usable only through a policy session that
+ * satisfies PolicySecret(TPM_RH_ENDORSEMENT)), restricted decrypt, AES-128-CFB, nameAlg SHA-256.
+ */
+export function ekTemplate(): EccPublic {
+  return {
+    type: 'ecc',
+    nameAlg: TPM_ALG.SHA256,
+    objectAttributes:
+      TPMA_OBJECT.fixedTPM |
+      TPMA_OBJECT.fixedParent |
+      TPMA_OBJECT.sensitiveDataOrigin |
+      TPMA_OBJECT.adminWithPolicy |
+      TPMA_OBJECT.restricted |
+      TPMA_OBJECT.decrypt,
+    authPolicy: Uint8Array.from(EK_POLICY),
     symmetric: { alg: TPM_ALG.AES, keyBits: 128, mode: TPM_ALG.CFB },
     scheme: null,
     curve: TPM_ECC.NIST_P256,

@@ -318,3 +318,32 @@ t.test('credential activation against swtpm', { skip: noSwtpm }, async (t) => {
     t.equal(blob.length, makeCredential(ekPub, akInfo.name, secret).credentialBlob.length, 'same blob size as ours')
   })
 })
+
+t.test('EK certificate from NV 0x01C0000A: absent on a bare swtpm, read back when provisioned', { skip: noSwtpm }, async (t) => {
+  const swtpm = await startSwtpm(t)
+  const tools = spawnSync('sh', ['-c', 'command -v tpm2_nvdefine && command -v tpm2_nvwrite'], { stdio: 'ignore' }).status === 0
+  const dir = t.testdir()
+  let vault = await TpmVault.open({ endpoint: swtpm.endpoint, dir })
+  t.equal(await vault.ekCertificate(), undefined, 'no EK certificate (swtpm without swtpm_setup)')
+  await vault.close()
+  await t.test('provisioned with tpm2-tools', { skip: tools ? false : 'tpm2_nvdefine/tpm2_nvwrite are not installed' }, async (t) => {
+    // provision a 1500-byte "certificate" (read in several NV_Read chunks) with tpm2-tools, while no vault holds the TPM
+    const cert = new Uint8Array(1500).map((_, i) => (i * 7 + 3) & 0xff)
+    writeFileSync(join(dir, 'cert.der'), cert)
+    const env = { ...process.env, TPM2TOOLS_TCTI: `swtpm:path=${swtpm.endpoint.replace(/^unix:/, '')}` }
+    const def = spawnSync('tpm2_nvdefine', ['0x1c0000a', '-C', 'o', '-s', String(cert.length), '-a', 'ownerread|ownerwrite|authread|no_da'], { env, encoding: 'utf8' })
+    t.equal(def.status, 0, `tpm2_nvdefine: ${def.stderr}`)
+    const wr = spawnSync('tpm2_nvwrite', ['0x1c0000a', '-C', 'o', '-i', join(dir, 'cert.der')], { env, encoding: 'utf8' })
+    t.equal(wr.status, 0, `tpm2_nvwrite: ${wr.stderr}`)
+    // an owner-read-only index (read with TPM_RH_OWNER authorization)
+    const small = cert.subarray(0, 100)
+    writeFileSync(join(dir, 'small.der'), small)
+    t.equal(spawnSync('tpm2_nvdefine', ['0x1c00002', '-C', 'o', '-s', '100', '-a', 'ownerread|ownerwrite|no_da'], { env }).status, 0, 'owner-read index defined')
+    t.equal(spawnSync('tpm2_nvwrite', ['0x1c00002', '-C', 'o', '-i', join(dir, 'small.der')], { env }).status, 0, 'and written')
+    vault = await TpmVault.open({ endpoint: swtpm.endpoint, dir })
+    t.teardown(() => vault.close())
+    t.same(await vault.ekCertificate(), cert, 'the NV contents')
+    t.same(await vault.ekCertificate(0x01c00002), small, 'owner-read index')
+    t.same((await vault.tpmHandles()).sessions, [])
+  })
+})

@@ -42,8 +42,11 @@ import { getCrypto } from '../channel/crypto/index.ts'
 import type { IdentityAlg } from '../channel/identity.ts'
 import type { Vault } from './types.ts'
 import {
+  EK_CERT_NV,
+  TPMA_NV,
   TPM_HT,
   TPM_RC,
+  TPM_RH,
   TpmClient,
   TpmReader,
   TpmWriter,
@@ -617,6 +620,28 @@ export class TpmVault implements Vault {
     return this.#run(async () => {
       await this.#makeRoom(1)
       return this.#client.withEk(async (ek) => Uint8Array.from(ek.public))
+    })
+  }
+
+  /**
+   * The EK certificate stored in NV index 0x01C0000A (TCG: ECC NIST P-256 EK), as raw bytes (DER
+   * X.509 on a TPM provisioned by its manufacturer or by `swtpm_setup --create-ek-cert`), or
+   * undefined when the index is not defined or not written. The bytes are not checked: a verifier
+   * must verify the chain to a manufacturer CA and that the certificate's key is {@link ekPublic}.
+   */
+  async ekCertificate(nvIndex: number = EK_CERT_NV.ECC_P256): Promise<Uint8Array | undefined> {
+    this.#check()
+    return this.#run(async () => {
+      let pub
+      try {
+        pub = await this.#client.nvReadPublic(nvIndex)
+      } catch (err) {
+        if (isThroughlineError(err, 'ERR_TPM') && err.details?.['name'] === 'TPM_RC_HANDLE') return undefined
+        throw err
+      }
+      if ((pub.attributes & TPMA_NV.written) === 0) return undefined
+      const ownerRead = (pub.attributes & TPMA_NV.authRead) === 0 && (pub.attributes & TPMA_NV.ownerRead) !== 0
+      return this.#client.nvRead(nvIndex, pub.dataSize, ownerRead ? { authHandle: TPM_RH.OWNER } : {})
     })
   }
 

@@ -5,7 +5,7 @@
  * Commands: Startup, Shutdown, GetRandom, GetCapability (handles, properties), PCR_Read (paged:
  * a TPM returns at most 8 digests per call), PCR_Extend, CreatePrimary, Create, Load, ReadPublic,
  * Sign, Quote, Certify, StartAuthSession (policy/trial), PolicyPCR, PolicyGetDigest, Unseal,
- * PolicySecret, ActivateCredential, FlushContext, EvictControl.
+ * PolicySecret, ActivateCredential, NV_ReadPublic, NV_Read, FlushContext, EvictControl.
  *
  * Endorsement: {@link TpmClient.createEk} creates the TCG ECC P-256 EK (deterministic, endorsement
  * hierarchy); {@link TpmClient.activateCredentialWithEk} runs TPM2_ActivateCredential with an
@@ -714,6 +714,48 @@ export class TpmClient {
     const certInfo = r.tpm2b('certInfo', 64).slice()
     r.end()
     return certInfo
+  }
+
+  /** TPM2_NV_ReadPublic: an NV index's attributes and data size (an index that is not defined is `ERR_TPM` TPM_RC_HANDLE). */
+  async nvReadPublic(nvIndex: number): Promise<{ nameAlg: number; attributes: number; authPolicy: Uint8Array; dataSize: number; name: Uint8Array }> {
+    const { params: r } = await this.execute(TPM_CC.NV_ReadPublic, { handles: [nvIndex] })
+    const pub = new TpmReader(r.tpm2b('nvPublic', 256), 'TPMS_NV_PUBLIC')
+    const index = pub.u32('nvIndex')
+    if (index !== nvIndex) throw malformed(`TPM2_NV_ReadPublic: asked for ${hex(nvIndex)}, got ${hex(index)}`)
+    const nameAlg = pub.u16('nameAlg')
+    const attributes = pub.u32('attributes')
+    const authPolicy = pub.tpm2b('authPolicy', 64).slice()
+    const dataSize = pub.u16('dataSize')
+    pub.end()
+    const name = r.tpm2b('nvName', 66).slice()
+    r.end()
+    return { nameAlg, attributes, authPolicy, dataSize, name }
+  }
+
+  /**
+   * Reads `size` bytes of an NV index (TPM2_NV_Read in chunks of at most `chunk` bytes). The
+   * authorization comes from `authHandle` (default the index itself, TPMA_NV_AUTHREAD; TPM_RH_OWNER
+   * for TPMA_NV_OWNERREAD) with `auth` (default the empty password).
+   */
+  async nvRead(nvIndex: number, size: number, options: { authHandle?: number; auth?: AuthSession; chunk?: number } = {}): Promise<Uint8Array> {
+    if (!Number.isInteger(size) || size < 0 || size > 0xffff) throw tlError('ERR_INVALID_ARGUMENT', 'nvRead: size must be an integer in [0, 65535]')
+    const chunk = Math.max(1, Math.min(options.chunk ?? 512, 1024))
+    const out = new Uint8Array(size)
+    for (let off = 0; off < size; ) {
+      const n = Math.min(chunk, size - off)
+      const p = new TpmWriter(4).u16(n).u16(off).finish()
+      const { params: r } = await this.execute(TPM_CC.NV_Read, {
+        handles: [options.authHandle ?? nvIndex, nvIndex],
+        auths: [options.auth ?? passwordAuth()],
+        params: p,
+      })
+      const data = r.tpm2b('data', n)
+      r.end()
+      if (data.length === 0) throw malformed('TPM2_NV_Read returned no bytes')
+      out.set(data, off)
+      off += data.length
+    }
+    return out
   }
 
   /**

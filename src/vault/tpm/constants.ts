@@ -165,6 +165,16 @@ export const TPMA_OBJECT = {
   sign: 1 << 18,
 } as const
 
+/** NV index attribute bits (TPMA_NV) used to pick the read authorization. */
+export const TPMA_NV = {
+  ownerRead: 1 << 17,
+  authRead: 1 << 18,
+  written: 1 << 29,
+} as const
+
+/** NV indices of EK certificates (TCG EK Credential Profile): RSA 2048, ECC NIST P-256 (low range). */
+export const EK_CERT_NV = { RSA2048: 0x01c00002, ECC_P256: 0x01c0000a } as const
+
 /** TPMS_ATTEST.magic. */
 export const TPM_GENERATED_VALUE = 0xff544347
 

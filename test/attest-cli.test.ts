@@ -248,3 +248,77 @@ t.test('cli: tpm2 on swtpm (protocol correctness only: swtpm has no manufacturer
   t.equal(await readFile(join(dev, 'attest', 'tpm2.json'), 'utf8'), akFile, 'the same AK (the pinned key still verifies)')
   t.equal(await second.stop(), 0)
 })
+
+t.test('cli: tpm2 AK enrolled at a verifier service (--enrol-tpm --tofu-ek, --enrol-at): affirming with no pinned AK, also after a verifier restart', { skip: noSwtpm }, async (t) => {
+  const swtpm = await startSwtpm(t)
+  const dir = t.testdir({ dev: {}, ver: {} })
+  const dev = join(dir, 'dev')
+  const ver = join(dir, 'ver')
+  await identity(dev, 'dev')
+  await identity(ver, 'ver')
+  const pcrs = await runCli(['attest', 'pcrs', '--attest', 'tpm2', '--tpm', swtpm.endpoint, '--home', dev])
+  t.equal(pcrs.code, 0, pcrs.stderr)
+  const rv = join(dir, 'rv.json')
+  await writeFile(rv, pcrs.stdout)
+  const ek = await runCli(['attest', 'ek', '--attest', 'tpm2', '--tpm', swtpm.endpoint, '--home', dev])
+  t.equal(ek.code, 0, ek.stderr)
+  t.match(ek.stdout, /^[0-9a-f]{100,}\n$/, 'the EK TPM2B_PUBLIC as one hex line')
+  const noTofu = await runCli(['verifier', 'start', '--identity', 'ver', '--home', ver, '--tofu-ek', '--reference-values', rv])
+  t.equal(noTofu.code, 2, '--tofu-ek without --enrol-tpm is a usage error')
+
+  const startVerifier = async (extra: string[]) => {
+    const V = startCli(t, ['verifier', 'start', '--tcp', '127.0.0.1:0', '--identity', 'ver', '--home', ver, '--reference-values', rv, ...extra])
+    const [, addr] = await V.waitFor(/^listening tcp (127\.0\.0\.1:\d+)$/)
+    return { V, route: `/tcp/${addr}/secure/secure/service/verifier` }
+  }
+  const v1 = await startVerifier(['--enrol-tpm', '--tofu-ek'])
+  const D = startCli(t, ['node', 'start', '--tcp', '127.0.0.1:0', '--identity', 'dev', '--secure-listener', '--attest', 'tpm2', '--tpm', swtpm.endpoint, '--home', dev, '--enrol-at', v1.route])
+  const [, dAddr] = await D.waitFor(/^listening tcp (127\.0\.0\.1:\d+)$/, 20_000)
+  const [, kid] = await D.waitFor(/^attest tpm2 enrolled (\S+)$/, 20_000)
+  await v1.V.waitFor(new RegExp(`^verifier enrolled ${kid}$`))
+  const send = (vRoute: string) =>
+    runCli(['send', '--require-attestation', 'tpm2', '--verifier', vRoute, '--show-attestation', '--to', `/tcp/${dAddr}/secure/secure/service/echo`, 'enrolled'])
+  const r1 = await send(v1.route)
+  t.equal(r1.stdout, 'enrolled\n', r1.stderr)
+  t.match(r1.stderr, /status=affirming suite=tpm2 /, 'affirming: the AK was enrolled, not pinned')
+  const stored = JSON.parse(await readFile(join(ver, 'verifier-aks.json'), 'utf8')) as { kid: string }[]
+  t.same(stored.map((a) => a.kid), [kid], 'kept in the verifier home')
+  t.equal(await v1.V.stop('SIGINT'), 0)
+
+  // restarted without --enrol-tpm: the stored AK is a trust anchor again
+  const v2 = await startVerifier([])
+  const r2 = await send(v2.route)
+  t.equal(r2.stdout, 'enrolled\n', r2.stderr)
+  t.match(r2.stderr, /status=affirming suite=tpm2 /, 'still trusted after a restart')
+  t.equal(await v2.V.stop('SIGINT'), 0)
+  t.equal(await D.stop('SIGINT'), 0)
+})
+
+t.test('cli: verifier ek allow (admin) and enrolment refused for an EK not allowed', { skip: noSwtpm }, async (t) => {
+  const swtpm = await startSwtpm(t)
+  const dir = t.testdir({ dev: {}, ver: {}, adm: {} })
+  const dev = join(dir, 'dev')
+  const ver = join(dir, 'ver')
+  const adm = join(dir, 'adm')
+  await identity(dev, 'dev')
+  await identity(ver, 'ver')
+  const adminId = await identity(adm, 'admin')
+  const ekFile = join(dir, 'ek.bin')
+  const ek = await runCli(['attest', 'ek', '--attest', 'tpm2', '--tpm', swtpm.endpoint, '--home', dev, '--out', ekFile])
+  t.equal(ek.stdout, `attest ek ${ekFile}\n`, ek.stderr)
+  const V = startCli(t, ['verifier', 'start', '--tcp', '127.0.0.1:0', '--identity', 'ver', '--home', ver, '--admin', adminId, '--enrol-tpm'])
+  const [, addr] = await V.waitFor(/^listening tcp (127\.0\.0\.1:\d+)$/)
+  const vRoute = `/tcp/${addr}/secure/secure/service/verifier`
+  const nodeArgs = ['node', 'start', '--tcp', '127.0.0.1:0', '--identity', 'dev', '--secure-listener', '--attest', 'tpm2', '--tpm', swtpm.endpoint, '--home', dev, '--enrol-at', vRoute]
+  const refused = startCli(t, nodeArgs)
+  t.equal(await refused.exited, 1, 'the node stops: its EK is not allowed')
+  t.match(refused.stderr.join('\n'), /ERR_ATTEST_ENROL_FAILED/)
+  const allow = await runCli(['verifier', 'ek', 'allow', '--to', vRoute, '--identity', 'admin', '--home', adm, ekFile])
+  t.equal(allow.stdout, 'ek allowed\n', allow.stderr)
+  const list = await runCli(['verifier', 'ek', 'list', '--to', vRoute, '--identity', 'admin', '--home', adm])
+  t.match(list.stdout, /^04[0-9a-f]{128}\n$/)
+  const D = startCli(t, nodeArgs)
+  await D.waitFor(/^attest tpm2 enrolled \S+$/, 20_000)
+  t.equal(await D.stop('SIGINT'), 0)
+  t.equal(await V.stop('SIGINT'), 0)
+})

@@ -10,8 +10,14 @@ import { join } from 'node:path'
 import { isThroughlineError, type ThroughlineError } from '../src/errors.ts'
 import { kdfa, kdfe, makeCredential } from '../src/attest/credential.ts'
 import { checkAkPublic, enrolAk } from '../src/attest/enrol.ts'
-import { Verifier } from '../src/attest/verifier.ts'
-import { Tpm2Attester } from '../src/attest/tpm2.ts'
+import { ReferenceValues, Verifier } from '../src/attest/verifier.ts'
+import { MeasurementLog, SIM_PLATFORM_BOOT, Tpm2Attester } from '../src/attest/tpm2.ts'
+import { VerifierKey } from '../src/attest/token.ts'
+import { spkiKeyId } from '../src/attest/keys.ts'
+import { Node, silentLogger, route } from '../src/router/index.ts'
+import { MemoryNetwork, MemoryTransport } from '../src/transports/index.ts'
+import { SecureChannels, SoftwareIdentity, resolveRoute } from '../src/channel/index.ts'
+import { ENROL_PENDING_MS, RemoteVerifier, VerifierService, enrolWithVerifier, verifierRequest } from '../src/services/verifier.ts'
 import { TpmVault } from '../src/vault/index.ts'
 import {
   EK_POLICY,
@@ -345,5 +351,147 @@ t.test('EK certificate from NV 0x01C0000A: absent on a bare swtpm, read back whe
     t.same(await vault.ekCertificate(), cert, 'the NV contents')
     t.same(await vault.ekCertificate(0x01c00002), small, 'owner-read index')
     t.same((await vault.tpmHandles()).sessions, [])
+  })
+})
+
+t.test('verifier service: AK enrolment over secure channels (enrolStart/enrolFinish), then tpm2 evidence appraised without pinning', { skip: noSwtpm }, async (t) => {
+  const swtpm = await startSwtpm(t)
+  const vault = await TpmVault.open({ endpoint: swtpm.endpoint, dir: t.testdir() })
+  t.teardown(() => vault.close())
+  const net = new MemoryNetwork()
+  let skew = 0 // the services' clock runs `skew` ms ahead (expiry)
+  const mk = async (name: string, clock = false): Promise<Node> => {
+    const node = await new Node({ name, logger: silentLogger, ...(clock ? { now: () => Date.now() + skew } : {}) }).start()
+    node.addTransport(new MemoryTransport(node, { network: net }))
+    await (node.transport(4) as MemoryTransport).listen(name, { allow: ['echo', 'secure', 'verifier'], transit: true })
+    t.teardown(() => node.stop())
+    return node
+  }
+  const log = new MeasurementLog(vault)
+  const attester = await Tpm2Attester.create({ vault, eventLog: log })
+  await log.measureBoot(SIM_PLATFORM_BOOT)
+  const ekPub = await vault.ekPublic()
+  const akInfo = await vault.tpmPublic(attester.akHandle)
+  const admin = SoftwareIdentity.generate()
+
+  /** A verifier service at memory address `name` (listener `secure`), with no AK pinned. */
+  const service = async (name: string, options: { tofuEk?: boolean; enrolTpm?: boolean } = {}) => {
+    const V = await mk(name, true)
+    const verifier = new Verifier({ id: `verifier-${name}`, trustAnchors: {}, referenceValues: new ReferenceValues([log.referenceSet('golden')]) })
+    const signer = VerifierKey.generate()
+    const enrolled: Array<{ spki: Uint8Array; kid: string; ekPoint: Uint8Array }> = []
+    const allowed: Uint8Array[][] = []
+    const vCh = new SecureChannels(V, { identity: SoftwareIdentity.generate() })
+    await vCh.listen('secure', { allow: ['verifier'] })
+    const svc = new VerifierService(V, {
+      verifier,
+      signer,
+      admins: [admin.identifier],
+      enrolTpm: options.enrolTpm ?? true,
+      tofuEk: options.tofuEk ?? false,
+      onAkEnrolled: (spki, r) => void enrolled.push({ spki, kid: r.kid, ekPoint: r.ekPoint }),
+      onEksChanged: (eks) => void allowed.push(eks),
+    })
+    return { V, verifier, signer, svc, enrolled, allowed, route: `/memory/${name}/secure/secure/service/verifier` }
+  }
+  /** A node (its own secure channels) with a route to `text`. */
+  const client = async (name: string, text: string, identity = SoftwareIdentity.generate()) => {
+    const node = await mk(name)
+    const channels = new SecureChannels(node, { identity, attestation: { attesters: [attester] } })
+    const { route } = await resolveRoute(text, channels)
+    return { node, channels, route }
+  }
+
+  await t.test('tofu: the AK is enrolled, and a relying party using the service then gets affirming tpm2 results', async (t) => {
+    const v = await service('Vt', { tofuEk: true })
+    const D = await client('Dt', v.route)
+    // before enrolment: the AK is unknown
+    const R = await mk('Rt')
+    const rCh = new SecureChannels(R, { identity: SoftwareIdentity.generate() })
+    const dListen = await D.channels.listen('secure', { allow: ['echo'] })
+    t.ok(dListen)
+    const remote = new RemoteVerifier(R, { route: async () => (await resolveRoute(v.route, rCh)).route, keys: v.signer.trusted() })
+    const before = await rCh.connect(route('4#Dt', 'secure'), { attestation: { require: ['tpm2'], verifier: remote }, handshakeTimeout: 5_000 }).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    t.ok(isThroughlineError(before), `refused before enrolment (${String(before)})`)
+
+    const kid = await enrolWithVerifier(D.node, D.route, vault, attester.akHandle)
+    t.equal(kid, spkiKeyId(await attester.akPublicSpki()))
+    t.equal(v.enrolled.length, 1, 'onAkEnrolled called once')
+    t.same(v.enrolled[0]!.spki, await attester.akPublicSpki())
+    t.same(v.enrolled[0]!.ekPoint, eccPublicPoint(ekPub))
+    t.equal(v.svc.stats.enrolled, 1)
+
+    const ch = await rCh.connect(route('4#Dt', 'secure'), { attestation: { require: ['tpm2'], verifier: remote }, handshakeTimeout: 5_000 })
+    t.equal(ch.attestation?.status, 'affirming', `affirming without pinning (${ch.attestation?.reason ?? ''})`)
+    t.equal(ch.attestation?.suite, 'tpm2')
+    t.equal(ch.attestation?.trustVector.hardware, 2)
+    // enrolling again is idempotent
+    t.equal(await enrolWithVerifier(D.node, D.route, vault, attester.akHandle), kid)
+  })
+
+  await t.test('refusals are typed: wrong secret, another channel, bad AK attributes, an EK not allowed', async (t) => {
+    const v = await service('Va')
+    const D = await client('Da', v.route)
+    const ask = (c: { node: Node; route: ReturnType<typeof route> }, req: Record<string, unknown>) =>
+      verifierRequest(c.node, c.route, req).then(
+        () => undefined,
+        (e: unknown) => e as ThroughlineError,
+      )
+    const refusedAs = (err: ThroughlineError | undefined, reason: string, what: string): void => {
+      t.ok(isThroughlineError(err, 'ERR_ATTEST_ENROL_FAILED'), `${what}: ERR_ATTEST_ENROL_FAILED (got ${String(err)})`)
+      t.equal(err?.details?.['reason'], reason, `${what}: ${reason}`)
+    }
+    // the EK is not allowed (no tofu)
+    refusedAs(await ask(D, { op: 'enrolStart', ekPublic: ekPub, akPublic: akInfo.public }), 'ek_not_allowed', 'EK not allowed')
+    await t.rejects(enrolWithVerifier(D.node, D.route, vault, attester.akHandle), { code: 'ERR_ATTEST_ENROL_FAILED', details: { reason: 'ek_not_allowed' } })
+    // only admins allow EKs
+    await t.rejects(verifierRequest(D.node, D.route, { op: 'allowEk', ekPublic: ekPub }), { code: 'ERR_VERIFIER_DENIED' })
+    const A = await client('Aa', v.route, admin)
+    t.match(await verifierRequest(A.node, A.route, { op: 'allowEk', ekPublic: ekPub }), { ok: true, added: true })
+    t.match(await verifierRequest(A.node, A.route, { op: 'allowEk', ekPublic: eccPublicPoint(ekPub) }), { ok: true, added: false }, 'the same EK as a point')
+    t.same((await verifierRequest(A.node, A.route, { op: 'listEks' }))['eks'], [toHex(eccPublicPoint(ekPub))])
+    t.equal(v.allowed.length, 1, 'onEksChanged once')
+    await t.rejects(verifierRequest(A.node, A.route, { op: 'allowEk', ekPublic: new Uint8Array([1, 2, 3]) }), { code: 'ERR_ATTEST_VERIFIER_FAILED', details: { remoteCode: 'ERR_BAD_REQUEST' } })
+
+    // an AK with bad attributes (the real AK with fixedTPM cleared)
+    const base = parsePublic(akInfo.public, true) as EccPublic
+    const badAk = new TpmWriter(200).sized((w) => writePublic(w, { ...base, objectAttributes: base.objectAttributes & ~TPMA_OBJECT.fixedTPM })).finish()
+    refusedAs(await ask(D, { op: 'enrolStart', ekPublic: ekPub, akPublic: badAk }), 'ak_attributes', 'AK without fixedTPM')
+    // a non-restricted signing key of the same TPM
+    const signer = await vault.generateSigningKey('p256')
+    refusedAs(await ask(D, { op: 'enrolStart', ekPublic: ekPub, akPublic: (await vault.tpmPublic(signer)).public }), 'ak_attributes', 'a signing key')
+
+    // a wrong secret: refused, and the pending secret is gone (the right one no longer works)
+    const c1 = await verifierRequest(D.node, D.route, { op: 'enrolStart', ekPublic: ekPub, akPublic: akInfo.public })
+    const right = await vault.activateCredential(attester.akHandle, c1['credentialBlob'] as Uint8Array, c1['encryptedSecret'] as Uint8Array)
+    refusedAs(await ask(D, { op: 'enrolFinish', secret: new Uint8Array(32) }), 'secret_mismatch', 'wrong secret')
+    refusedAs(await ask(D, { op: 'enrolFinish', secret: right }), 'no_pending', 'one answer per credential')
+    refusedAs(await ask(D, { op: 'enrolFinish', secret: 'text' }), 'no_pending', 'nothing pending')
+
+    // the right secret on another channel (another node) is refused; the pending one stays for its channel
+    const c2 = await verifierRequest(D.node, D.route, { op: 'enrolStart', ekPublic: ekPub, akPublic: akInfo.public })
+    const secret2 = await vault.activateCredential(attester.akHandle, c2['credentialBlob'] as Uint8Array, c2['encryptedSecret'] as Uint8Array)
+    const O = await client('Oa', v.route)
+    refusedAs(await ask(O, { op: 'enrolFinish', secret: secret2 }), 'no_pending', "another channel's enrolFinish")
+    t.equal(v.enrolled.length, 0, 'nothing enrolled so far')
+    t.match(await verifierRequest(D.node, D.route, { op: 'enrolFinish', secret: secret2 }), { ok: true, ak: spkiKeyId(await attester.akPublicSpki()) }, 'the same channel succeeds')
+    t.equal(v.enrolled.length, 1)
+    // with the EK allowed, the helper works end to end
+    t.equal(await enrolWithVerifier(D.node, D.route, vault, attester.akHandle), spkiKeyId(await attester.akPublicSpki()))
+    // an expired pending secret
+    const c3 = await verifierRequest(D.node, D.route, { op: 'enrolStart', ekPublic: ekPub, akPublic: akInfo.public })
+    const secret3 = await vault.activateCredential(attester.akHandle, c3['credentialBlob'] as Uint8Array, c3['encryptedSecret'] as Uint8Array)
+    skew = ENROL_PENDING_MS + 1
+    refusedAs(await ask(D, { op: 'enrolFinish', secret: secret3 }), 'expired', 'after 60 s')
+    skew = 0
+  })
+
+  await t.test('a service without enrolment refuses enrolStart', async (t) => {
+    const v = await service('Vn', { enrolTpm: false, tofuEk: true })
+    const D = await client('Dn', v.route)
+    await t.rejects(verifierRequest(D.node, D.route, { op: 'enrolStart', ekPublic: ekPub, akPublic: akInfo.public }), { code: 'ERR_VERIFIER_DENIED' })
   })
 })

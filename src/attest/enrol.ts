@@ -30,7 +30,7 @@ import {
   publicArea,
   type EccPublic,
 } from '../vault/tpm/index.ts'
-import { makeCredential } from './credential.ts'
+import { makeCredential, type Credential } from './credential.ts'
 
 /** Input of {@link enrolAk}. */
 export interface EnrolAkRequest {
@@ -88,7 +88,12 @@ export function checkAkPublic(akPublic: Uint8Array): EccPublic {
   return p
 }
 
-function ekPointOf(ek: Uint8Array): Uint8Array {
+/**
+ * The 65-byte uncompressed P-256 point of an EK given as TPM2B_PUBLIC bytes or as the point itself;
+ * `ERR_ATTEST_ENROL_FAILED` (`details.reason` `ek_public`) otherwise.
+ */
+export function ekPointOf(ek: Uint8Array): Uint8Array {
+  if (!(ek instanceof Uint8Array)) refuse('ek_public', 'the EK public must be bytes (TPM2B_PUBLIC or a 65-byte P-256 point)')
   if (ek.length === 65 && ek[0] === 0x04) return ek
   try {
     return eccPublicPoint(ek)
@@ -108,27 +113,12 @@ function ekPointOf(ek: Uint8Array): Uint8Array {
 export async function enrolAk(req: EnrolAkRequest): Promise<EnrolledAk> {
   if (req === null || typeof req !== 'object' || typeof req.activate !== 'function') throw tlError('ERR_INVALID_ARGUMENT', 'enrolAk: { ekPublic, akPublic, activate } expected')
   if (!(req.ekPublic instanceof Uint8Array) || !(req.akPublic instanceof Uint8Array)) throw tlError('ERR_INVALID_ARGUMENT', 'enrolAk: ekPublic and akPublic must be Uint8Arrays')
-  const ak = checkAkPublic(req.akPublic)
   const ekPoint = ekPointOf(req.ekPublic)
   if (req.expectedEk !== undefined) {
     const expected = ekPointOf(req.expectedEk)
     if (expected.length !== ekPoint.length || !timingSafeEqual(expected, ekPoint)) refuse('ek_mismatch', 'the EK is not the one recorded for this device')
   }
-  const akName = objectName(publicArea(req.akPublic))
-  let akSpki: Uint8Array
-  try {
-    akSpki = new Uint8Array(eccPublicKeyObject(ak).export({ type: 'spki', format: 'der' }))
-  } catch (err) {
-    refuse('ak_public', 'the AK public point is not a valid P-256 point', err)
-  }
-  const secret = new Uint8Array(randomBytes(32))
-  let cred
-  try {
-    cred = makeCredential(req.ekPublic, akName, secret)
-  } catch (err) {
-    if (isThroughlineError(err, 'ERR_INVALID_ARGUMENT')) refuse('ek_public', `the EK cannot receive a credential: ${err.message}`, err)
-    throw err
-  }
+  const { akSpki, akName, secret, credential: cred } = startEnrolment(req.ekPublic, req.akPublic)
   let answer: Uint8Array
   try {
     answer = await req.activate(cred.credentialBlob, cred.encryptedSecret)
@@ -139,4 +129,46 @@ export async function enrolAk(req: EnrolAkRequest): Promise<EnrolledAk> {
     refuse('secret_mismatch', 'the activated secret does not match the credential')
   }
   return { akSpki, akName, ekPoint: Uint8Array.from(ekPoint) }
+}
+
+/** A credential challenge for one AK (see {@link startEnrolment}); keep `secret` to check the answer. */
+export interface EnrolmentChallenge extends EnrolledAk {
+  /** The fresh random 32-byte secret the credential protects. */
+  secret: Uint8Array
+  /** What the device passes to TPM2_ActivateCredential. */
+  credential: Credential
+}
+
+/**
+ * The verifier's half of {@link enrolAk} without the round trip (for a service that answers the
+ * device in two requests): checks the AK ({@link checkAkPublic}) and the EK, and makes a
+ * credential for the AK's Name to that EK with a fresh random 32-byte secret. The caller compares
+ * the device's answer with `secret` in constant time ({@link secretMatches}). Refusals are
+ * `ERR_ATTEST_ENROL_FAILED` (`ak_public`, `ak_attributes`, `ek_public`).
+ */
+export function startEnrolment(ekPublic: Uint8Array, akPublic: Uint8Array): EnrolmentChallenge {
+  if (!(ekPublic instanceof Uint8Array) || !(akPublic instanceof Uint8Array)) throw tlError('ERR_INVALID_ARGUMENT', 'ekPublic and akPublic must be Uint8Arrays')
+  const ak = checkAkPublic(akPublic)
+  const ekPoint = ekPointOf(ekPublic)
+  const akName = objectName(publicArea(akPublic))
+  let akSpki: Uint8Array
+  try {
+    akSpki = new Uint8Array(eccPublicKeyObject(ak).export({ type: 'spki', format: 'der' }))
+  } catch (err) {
+    refuse('ak_public', 'the AK public point is not a valid P-256 point', err)
+  }
+  const secret = new Uint8Array(randomBytes(32))
+  let credential: Credential
+  try {
+    credential = makeCredential(ekPublic, akName, secret)
+  } catch (err) {
+    if (isThroughlineError(err, 'ERR_INVALID_ARGUMENT')) refuse('ek_public', `the EK cannot receive a credential: ${err.message}`, err)
+    throw err
+  }
+  return { akSpki, akName, ekPoint: Uint8Array.from(ekPoint), secret, credential }
+}
+
+/** Constant-time comparison of a device's answer with the credential's secret. */
+export function secretMatches(answer: unknown, secret: Uint8Array): boolean {
+  return answer instanceof Uint8Array && answer.length === secret.length && timingSafeEqual(answer, secret)
 }

@@ -219,6 +219,8 @@ interface Tpm2File {
 
 export interface ProverPlatform {
   attester: Attester
+  /** tpm2: the vault and AK handle (for AK enrolment at a verifier service). */
+  tpm?: { vault: TpmVault; akHandle: string }
   /** Lines for stdout (`attest sim root FILE`, `attest tpm2 ak FILE`). */
   lines: string[]
   close: () => Promise<void>
@@ -281,7 +283,7 @@ export async function openProver(kind: 'sim' | 'tpm2', home: string, f: ProverFl
     }
     const pubPath = join(attestDir(home), 'tpm2-ak.pub.pem')
     await writePublic(pubPath, spkiPem(await attester.akPublicSpki()))
-    return { attester, lines: [`attest tpm2 ak ${pubPath}`], close: opened.close }
+    return { attester, tpm: { vault: opened.vault, akHandle: attester.akHandle }, lines: [`attest tpm2 ak ${pubPath}`], close: opened.close }
   } catch (err) {
     await opened.close().catch(() => {})
     throw err
@@ -300,6 +302,77 @@ export async function platformReferenceSet(kind: 'sim' | 'tpm2', home: string, n
   } finally {
     await opened.close()
   }
+}
+
+/** The TPM2B_PUBLIC of the EK of the TPM at `f.tpm` (`attest ek`), through the home's attestation vault. */
+export async function tpmEkPublic(home: string, f: ProverFlags, reuse?: TpmVaultInUse): Promise<Uint8Array> {
+  const opened = await openTpmVault(home, f.tpm!, reuse)
+  try {
+    return await opened.vault.ekPublic()
+  } finally {
+    await opened.close()
+  }
+}
+
+/**
+ * Reads an EK public file as `attest ek` writes it: hex text (of TPM2B_PUBLIC bytes or a 65-byte
+ * point) or the raw bytes.
+ */
+export async function readEkFile(path: string): Promise<Uint8Array> {
+  let raw: Buffer
+  try {
+    raw = await readFile(path)
+  } catch (err) {
+    throw invalid(`EK file ${path}: ${why(err)}`, err)
+  }
+  const text = raw.toString('latin1').trim()
+  if (text.length > 0 && text.length % 2 === 0 && /^[0-9a-fA-F]+$/.test(text)) return new Uint8Array(Buffer.from(text, 'hex'))
+  if (raw.length === 0) throw invalid(`EK file ${path} is empty`)
+  return new Uint8Array(raw)
+}
+
+/** One enrolled AK as kept in the verifier's home (`verifier-aks.json`). */
+export interface StoredAk {
+  /** Key id of the AK. */
+  kid: string
+  /** SPKI DER, base64. */
+  spki: string
+  /** The EK point it was bound to, hex. */
+  ek: string
+  /** The identifier of the peer that enrolled it. */
+  peer: string
+  /** When (ISO 8601). */
+  enrolled: string
+}
+
+/** Reads `verifier-aks.json` (missing: none). */
+export async function readStoredAks(path: string): Promise<StoredAk[]> {
+  const text = await readIfExists(path)
+  if (text === undefined) return []
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch (err) {
+    throw invalid(`enrolled AKs ${path}: not valid JSON`, err)
+  }
+  if (!Array.isArray(parsed) || !parsed.every((a: Partial<StoredAk>) => a !== null && typeof a === 'object' && typeof a.spki === 'string' && typeof a.kid === 'string')) {
+    throw invalid(`enrolled AKs ${path}: not an array of {kid, spki, ek, peer, enrolled}`)
+  }
+  return parsed as StoredAk[]
+}
+
+/** Reads `verifier-eks.json` (missing: none): an array of hex EK points. */
+export async function readStoredEks(path: string): Promise<Uint8Array[]> {
+  const text = await readIfExists(path)
+  if (text === undefined) return []
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch (err) {
+    throw invalid(`allowed EKs ${path}: not valid JSON`, err)
+  }
+  if (!Array.isArray(parsed) || !parsed.every((e) => typeof e === 'string' && /^04[0-9a-f]{128}$/.test(e))) throw invalid(`allowed EKs ${path}: not an array of hex P-256 points`)
+  return parsed.map((e: string) => new Uint8Array(Buffer.from(e, 'hex')))
 }
 
 // =============================================================================================

@@ -4,12 +4,14 @@
  * ```
  * throughline node start [--tcp HOST:PORT]... [--relay-at ROUTE --relay-name NAME] [--name NAME]
  *                        [--identity NAME --secure-listener [--trust ID]...]
- *                        [--attest sim|tpm2 [--sim-root FILE] [--tpm EP] [--passport-from ROUTE]]
+ *                        [--attest sim|tpm2 [--sim-root FILE] [--tpm EP] [--passport-from ROUTE] [--enrol-at ROUTE]]
  *                        [RELYING-PARTY FLAGS] [--allow NAME]... [--log-level debug|info|warn|error|silent]
  * throughline send --to ROUTE [--timeout MS] [--attest sim|tpm2] [RELYING-PARTY FLAGS] [--show-attestation] MESSAGE
  * throughline attest pcrs --attest sim|tpm2 [--tpm EP] [--name NAME]
+ * throughline attest ek --attest tpm2 --tpm EP [--out FILE]
  * throughline verifier start [--tcp HOST:PORT]... --identity NAME [--admin ID]... [LOCAL VERIFIER FLAGS]
- *                            [--result-ttl MS] [--key FILE]
+ *                            [--enrol-tpm [--tofu-ek]] [--result-ttl MS] [--key FILE]
+ * throughline verifier ek allow|list --to ROUTE --identity NAME [FILE]
  * throughline verifier reference-values set|remove|list --to ROUTE --identity NAME ...
  * throughline verifier policy show|set --to ROUTE --identity NAME [policy flags]
  * throughline identity create|show NAME
@@ -54,7 +56,7 @@ import { type TrustPolicy, trustAny, trustIdentifiers } from '../channel/trust.t
 import type { AttestationOptions } from '../channel/attestation.ts'
 import '../channel/index.ts'
 import { VerifierKey } from '../attest/token.ts'
-import { PassportClient, VerifierService, checkPolicy, verifierRequest } from '../services/verifier.ts'
+import { PassportClient, VerifierService, checkPolicy, enrolWithVerifier, verifierRequest } from '../services/verifier.ts'
 import {
   LOCAL_VERIFIER_OPTIONS,
   RELYING_PARTY_OPTIONS,
@@ -68,8 +70,13 @@ import {
   localVerifier,
   openProver,
   platformReferenceSet,
+  readEkFile,
   readReferenceValues,
+  readStoredAks,
+  readStoredEks,
   relyingPartyOptions,
+  tpmEkPublic,
+  type StoredAk,
   type ProverFlags,
   type TpmVaultInUse,
 } from './attest.ts'
@@ -89,7 +96,7 @@ const USAGE = `usage:
                          [--relay-at ROUTE --relay-name NAME] [--name NAME]
                          [--identity NAME --secure-listener [--trust ID]...]
                          [--attest sim|tpm2 [--sim-root FILE] [--tpm EP] [--passport-from ROUTE]]
-                         [relying-party flags]
+                         [--enrol-at ROUTE] [relying-party flags]
                          [--allow NAME]... [--home DIR] [--log-level debug|info|warn|error|silent]
       Runs a node in the foreground with the echo and relay services, and with
       --secure-listener a secure channel listener at "secure" (peers: any identity, or the
@@ -102,6 +109,9 @@ const USAGE = `usage:
       measurement log in DIR/attest); prints "attest tpm2 ak PUBFILE", the AK a verifier pins.
       --passport-from ROUTE: gets a passport from a verifier service, attesting to it at ROUTE
       (e.g. /tcp/V:4100/secure/secure-attested/service/verifier).
+      --enrol-at ROUTE (with --attest tpm2): enrols the AK at the verifier service at ROUTE
+      (e.g. /tcp/V:4100/secure/secure/service/verifier) by TPM credential activation, so no one
+      pins it by hand; prints "attest tpm2 enrolled KID".
       The relying-party flags make the listener require attestation of its peers.
   throughline send --to ROUTE [--timeout MS] [--identity NAME] [--trust ID]... [--home DIR]
                    [--attest sim|tpm2 [--sim-root FILE] [--tpm EP]] [relying-party flags]
@@ -125,19 +135,30 @@ const USAGE = `usage:
       sim is never affirming without --trust-sim)
   throughline attest pcrs --attest sim|tpm2 [--tpm EP] [--sim-root FILE] [--name NAME] [--home DIR]
       Prints this platform's reference values as one JSON line {"name":...,"pcrs":{"0":"hex",...}}.
+  throughline attest ek --attest tpm2 --tpm EP [--out FILE] [--home DIR]
+      Prints the TPM's endorsement key public area (TPM2B_PUBLIC) as hex, or writes it to FILE
+      ("attest ek FILE"): what "verifier ek allow" takes.
   throughline verifier start [--tcp HOST:PORT]... [--ws HOST:PORT]... --identity NAME [--admin ID]...
                              [--trust-sim-root FILE]... [--trust-tpm-ak FILE]...
                              [--reference-values FILE] [--trust-sim] [--min-svn N]
+                             [--enrol-tpm [--tofu-ek]]
                              [--result-ttl MS] [--key FILE] [--home DIR] [--name NAME]
       Runs a verifier service: listener "secure" (background checks, admin requests) and
       "secure-attested" (peers attest to it with sim/tpm2 evidence; passports are issued there).
       Result-signing key: --key FILE or DIR/verifier.key (Ed25519, created once). Prints
       "verifier key KID", "secure listener ID" and "listening tcp HOST:PORT". Stops on SIGINT/SIGTERM.
+      --enrol-tpm: any peer may enrol a TPM AK by credential activation (the TPM proves the AK
+      is its own); only EKs allowed by an admin ("verifier ek allow"), or any EK with --tofu-ek
+      (trust on first use: labs, first provisioning). Enrolled AKs are kept in DIR/verifier-aks.json
+      (allowed EKs in DIR/verifier-eks.json) and trusted again after a restart; prints
+      "verifier enrolled KID".
   throughline verifier reference-values set --to ROUTE --identity NAME SETNAME PCR=HEX...
   throughline verifier reference-values set --to ROUTE --identity NAME --file FILE [SETNAME]
   throughline verifier reference-values remove --to ROUTE --identity NAME SETNAME
   throughline verifier reference-values list --to ROUTE --identity NAME
   throughline verifier policy show --to ROUTE --identity NAME
+  throughline verifier ek allow --to ROUTE --identity NAME FILE
+  throughline verifier ek list --to ROUTE --identity NAME
   throughline verifier policy set --to ROUTE --identity NAME [--id ID] [--min-svn N]
                              [--debug warning|contraindicated] [--trust-sim|--no-trust-sim]
                              [--require-reference-values yes|no]
@@ -150,6 +171,9 @@ const USAGE = `usage:
       held by the TPM vault DIR/vaults/NAME.
   throughline version
   throughline help`
+
+/** How long `node start --enrol-at` waits for the verifier service (ms). */
+const DEFAULT_ENROL_TIMEOUT_MS = 10_000
 
 /** Exit codes. */
 export const EXIT = { OK: 0, FAILURE: 1, USAGE: 2 } as const
@@ -185,9 +209,11 @@ export async function main(argv: readonly string[], io: CliIO): Promise<number> 
     if (cmd === 'send') return await send(argv.slice(1), io)
     if (cmd === 'identity' && (sub === 'create' || sub === 'show')) return await identity(sub, argv.slice(2), io)
     if (cmd === 'attest' && sub === 'pcrs') return await attestPcrs(argv.slice(2), io)
+    if (cmd === 'attest' && sub === 'ek') return await attestEk(argv.slice(2), io)
     if (cmd === 'verifier' && sub === 'start') return await verifierStart(argv.slice(2), io)
     if (cmd === 'verifier' && sub === 'reference-values') return await verifierReferenceValues(argv[2], argv.slice(3), io)
     if (cmd === 'verifier' && sub === 'policy') return await verifierPolicy(argv[2], argv.slice(3), io)
+    if (cmd === 'verifier' && sub === 'ek') return await verifierEk(argv[2], argv.slice(3), io)
     throw usageError(`unknown command "${argv.join(' ')}" (try: throughline help)`)
   } catch (err) {
     if (isThroughlineError(err)) {
@@ -281,6 +307,7 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
     home: { type: 'string' },
     ...PROVER_OPTIONS,
     'passport-from': { type: 'string' },
+    'enrol-at': { type: 'string' },
     ...RELYING_PARTY_OPTIONS,
   })
   if (positionals.length > 0) throw usageError(`unexpected argument "${positionals[0]}"`)
@@ -289,12 +316,15 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
   const prover = proverFlags(values)
   const kinds = checkProverFlags(prover)
   const passportFrom = values['passport-from']
-  const relying = checkRelyingPartyFlags(values, passportFrom !== undefined)
+  const enrolAt = values['enrol-at']
+  const relying = checkRelyingPartyFlags(values, passportFrom !== undefined || enrolAt !== undefined)
   const secureListener = values['secure-listener'] === true
   if (kinds.length > 0 && !secureListener) throw usageError('--attest needs --identity NAME --secure-listener (attestation is bound to secure channels)')
   if (passportFrom !== undefined && kinds.length === 0) throw usageError('--passport-from needs --attest sim|tpm2 (the node attests itself to the verifier for its passport)')
   if (relying !== undefined && !secureListener) throw usageError('--require-attestation needs --identity NAME --secure-listener (it is what the listener requires of its peers)')
+  if (enrolAt !== undefined && !kinds.includes('tpm2')) throw usageError('--enrol-at needs --attest tpm2 --tpm EP (it enrols the TPM attestation key)')
   secureRouteFlag('--passport-from', passportFrom)
+  secureRouteFlag('--enrol-at', enrolAt)
   secureRouteFlag('--verifier', values.verifier)
   const relayAt = values['relay-at'] as string | undefined
   const relayName = values['relay-name'] as string | undefined
@@ -313,6 +343,7 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
   const extra = (values.allow as string[] | undefined) ?? []
   const allow = ['echo', RELAY_ADDRESS, `${FORWARDER_PREFIX}*`, ...extra]
   let listeners: string[] = []
+  let enrol: (() => Promise<void>) | undefined
   try {
     if (secureListener) {
       const loaded = await loadIdentity(home, values.identity!)
@@ -320,14 +351,24 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
       const id = loaded.identity
       // what this node proves about itself, on every channel (listener and outgoing)
       const proving: AttestationOptions = {}
+      let tpmAk: { vault: TpmVaultInUse['vault']; akHandle: string } | undefined
       for (const kind of kinds) {
         const platform = await openProver(kind, home, prover, loaded.tpm)
         closers.unshift(platform.close) // before the identity's vault, which it may share
         ;(proving.attesters ??= []).push(platform.attester)
         for (const line of platform.lines) io.stdout(line)
+        if (platform.tpm !== undefined) tpmAk = platform.tpm
       }
       const channels = new SecureChannels(node, { identity: id, attestation: proving })
       const verifierTrust = values['verifier-id'] === undefined ? trustAny() : trustIdentifiers([values['verifier-id']])
+      if (enrolAt !== undefined && tpmAk !== undefined) {
+        const ak = tpmAk
+        // after the listeners are up: the AK's credential activation with the verifier service at --enrol-at
+        enrol = async () => {
+          const { route } = await resolveRoute(enrolAt, channels, { trust: verifierTrust, handshakeTimeout: DEFAULT_ENROL_TIMEOUT_MS, signal: AbortSignal.timeout(DEFAULT_ENROL_TIMEOUT_MS) })
+          io.stdout(`attest tpm2 enrolled ${await enrolWithVerifier(node, route, ak.vault, ak.akHandle, DEFAULT_ENROL_TIMEOUT_MS)}`)
+        }
+      }
       if (passportFrom !== undefined) {
         const link = new VerifierLink(channels, passportFrom, verifierTrust)
         proving.passport = new PassportClient(node, { route: () => link.route() })
@@ -339,6 +380,7 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
       io.stdout(`secure listener ${id.identifier}`)
     }
     listeners = await listenAll(transports, values, allow, io)
+    await enrol?.()
   } catch (err) {
     await node.stop()
     for (const c of closers) await c()
@@ -464,6 +506,44 @@ async function attestPcrs(args: readonly string[], io: CliIO): Promise<number> {
   return EXIT.OK
 }
 
+/** `attest ek`: the TPM's EK public (TPM2B_PUBLIC) as hex on stdout, or into --out FILE (raw bytes). */
+async function attestEk(args: readonly string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(args, { attest: { type: 'string' }, tpm: { type: 'string' }, home: { type: 'string' }, out: { type: 'string' } })
+  if (positionals.length > 0) throw usageError(`unexpected argument "${positionals[0]}"`)
+  if (values.attest !== 'tpm2') throw usageError('attest ek needs --attest tpm2 --tpm EP (only a TPM has an endorsement key)')
+  const flags: ProverFlags = { attest: [values.attest], tpm: values.tpm }
+  checkProverFlags(flags)
+  const ek = await tpmEkPublic(values.home ?? defaultHome(), flags)
+  if (values.out !== undefined) {
+    await writeFileAtomic(values.out, ek, 0o644)
+    io.stdout(`attest ek ${values.out}`)
+  } else {
+    io.stdout(Buffer.from(ek).toString('hex'))
+  }
+  return EXIT.OK
+}
+
+/** `verifier ek allow|list`: the EKs a verifier service accepts at AK enrolment (admins). */
+async function verifierEk(op: string | undefined, args: readonly string[], io: CliIO): Promise<number> {
+  if (op !== 'allow' && op !== 'list') throw usageError(`verifier ek takes allow or list (got "${op ?? ''}")`)
+  const { values, positionals } = parse(args, ADMIN_OPTIONS)
+  if (values.to === undefined) throw usageError(`verifier ek ${op} needs --to ROUTE (e.g. /tcp/HOST:PORT/secure/secure/service/verifier)`)
+  if (values.identity === undefined) throw usageError(`verifier ek ${op} needs --identity NAME (an admin identity of the verifier)`)
+  secureRouteFlag('--to', values.to)
+  const requests: Record<string, unknown>[] = []
+  if (op === 'allow') {
+    if (positionals.length !== 1) throw usageError('verifier ek allow needs exactly one FILE (the EK public from "throughline attest ek")')
+    requests.push({ op: 'allowEk', ekPublic: await readEkFile(positionals[0]!) })
+  } else {
+    if (positionals.length > 0) throw usageError(`unexpected argument "${positionals[0]}"`)
+    requests.push({ op: 'listEks' })
+  }
+  return runAdmin(values, requests, io, (req, r) => {
+    if (req['op'] === 'allowEk') io.stdout(r['added'] === true ? 'ek allowed' : 'ek already allowed')
+    else for (const e of Array.isArray(r['eks']) ? r['eks'] : []) io.stdout(String(e))
+  })
+}
+
 async function verifierStart(args: readonly string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(args, {
     tcp: { type: 'string', multiple: true },
@@ -476,8 +556,13 @@ async function verifierStart(args: readonly string[], io: CliIO): Promise<number
     home: { type: 'string' },
     name: { type: 'string' },
     'log-level': { type: 'string' },
+    'enrol-tpm': { type: 'boolean' },
+    'tofu-ek': { type: 'boolean' },
   })
   if (positionals.length > 0) throw usageError(`unexpected argument "${positionals[0]}"`)
+  const enrolTpm = values['enrol-tpm'] === true
+  const tofuEk = values['tofu-ek'] === true
+  if (tofuEk && !enrolTpm) throw usageError('--tofu-ek is for --enrol-tpm (it says which EKs AK enrolment accepts)')
   if (values.identity === undefined) throw usageError('verifier start needs --identity NAME (its secure channels and result identifier)')
   const admins = values.admin ?? []
   try {
@@ -486,12 +571,17 @@ async function verifierStart(args: readonly string[], io: CliIO): Promise<number
     throw usageError(`--admin: ${(err as Error).message.replace(/^ERR_[A-Z_]+: /, '')}`)
   }
   const plan = checkLocalVerifierFlags(values)
-  if (plan.simRoots.length === 0 && plan.tpmAks.length === 0) throw usageError('verifier start needs a trust anchor: --trust-sim-root FILE or --trust-tpm-ak FILE')
+  const home = values.home ?? defaultHome()
+  // AKs enrolled through this service are kept in its home and trusted again after a restart
+  const aksPath = join(home, 'verifier-aks.json')
+  const storedAks = await readStoredAks(aksPath)
+  if (plan.simRoots.length === 0 && plan.tpmAks.length === 0 && !enrolTpm && storedAks.length === 0) {
+    throw usageError('verifier start needs a trust anchor: --trust-sim-root FILE, --trust-tpm-ak FILE or --enrol-tpm')
+  }
   if (plan.trustSim && plan.simRoots.length === 0) throw usageError('--trust-sim needs --trust-sim-root FILE')
   const ttl = intFlag(values['result-ttl'], '--result-ttl', 1)
   const level = logLevel(values['log-level'])
   const name = values.name ?? 'verifier'
-  const home = values.home ?? defaultHome()
   const logger = makeLogger(io, level, `throughline:${name}`)
   const node = await new Node({ name, logger }).start()
   const transports = addTransports(node)
@@ -505,10 +595,15 @@ async function verifierStart(args: readonly string[], io: CliIO): Promise<number
     // Reference values set by admins are kept in the home and come back after a restart.
     const stored = join(home, 'verifier-reference-values.json')
     if (existsSync(stored)) for (const set of await readReferenceValues(stored)) verifier.referenceValues.add(set)
+    for (const a of storedAks) verifier.enrolAk(new Uint8Array(Buffer.from(a.spki, 'base64')))
+    const eksPath = join(home, 'verifier-eks.json')
+    const allowedEks = await readStoredEks(eksPath)
+    let saving: Promise<void> = Promise.resolve()
     const signer = VerifierKey.fromPrivateKey(await loadVerifierKey(values.key ?? join(home, 'verifier.key')))
     const channels = new SecureChannels(node, { identity: id })
     await channels.listen('secure', { allow: ['verifier'] })
-    const require = [...(plan.tpmAks.length > 0 ? (['tpm2'] as const) : []), ...(plan.simRoots.length > 0 ? (['sim'] as const) : [])]
+    const tpm2 = plan.tpmAks.length > 0 || enrolTpm || storedAks.length > 0
+    const require = [...(tpm2 ? (['tpm2'] as const) : []), ...(plan.simRoots.length > 0 ? (['sim'] as const) : [])]
     const attested = await channels.listen('secure-attested', { allow: ['verifier'], attestation: { require, verifier } })
     // So does a policy an admin set.
     const storedPolicy = join(home, 'verifier-policy.json')
@@ -520,6 +615,20 @@ async function verifierStart(args: readonly string[], io: CliIO): Promise<number
       listener: attested,
       onReferenceValuesChanged: (sets) => writeFileAtomic(stored, `${JSON.stringify(sets, null, 1)}\n`),
       onPolicyChanged: (policy) => writeFileAtomic(storedPolicy, `${JSON.stringify(policy, null, 1)}\n`),
+      enrolTpm,
+      tofuEk,
+      allowedEks,
+      onEksChanged: (eks) => writeFileAtomic(eksPath, `${JSON.stringify(eks.map((e) => Buffer.from(e).toString('hex')), null, 1)}\n`),
+      onAkEnrolled: (spki, r) => {
+        if (storedAks.some((a) => a.kid === r.kid)) return
+        const entry: StoredAk = { kid: r.kid, spki: Buffer.from(spki).toString('base64'), ek: Buffer.from(r.ekPoint).toString('hex'), peer: r.peer, enrolled: new Date().toISOString() }
+        storedAks.push(entry)
+        io.stdout(`verifier enrolled ${r.kid}`)
+        const text = `${JSON.stringify(storedAks, null, 1)}\n`
+        // one write after the other, so the file ends with the latest list
+        saving = saving.catch(() => {}).then(() => writeFileAtomic(aksPath, text))
+        return saving
+      },
     })
     io.stdout(`verifier key ${signer.kid}`)
     io.stdout(`secure listener ${id.identifier}`)

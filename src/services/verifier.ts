@@ -14,9 +14,25 @@
  * | `listReferenceValues` | admins | `{}` | `{ ok, sets }` |
  * | `setPolicy` | admins | `{ policy }` (checked: {@link checkPolicy}) | `{ ok }` |
  * | `getPolicy` | admins | `{}` | `{ ok, policy }` |
+ * | `enrolStart` | any peer (when enrolment is on) | `{ ekPublic, akPublic }` (TPM2B_PUBLIC bytes) | `{ ok, credentialBlob, encryptedSecret }` |
+ * | `enrolFinish` | the peer of the same channel | `{ secret }` | `{ ok, ak }`: the enrolled AK's key id |
+ * | `allowEk` | admins | `{ ekPublic }` (TPM2B_PUBLIC or 65-byte point) | `{ ok, added }` |
+ * | `listEks` | admins | `{}` | `{ ok, eks }`: hex points |
  *
- * Failures reply `{ ok: false, code, message }` with a stable code (ERR_BAD_REQUEST,
- * ERR_VERIFIER_DENIED, ERR_ATTEST_EVIDENCE, ...).
+ * Failures reply `{ ok: false, code, message, reason? }` with a stable code (ERR_BAD_REQUEST,
+ * ERR_VERIFIER_DENIED, ERR_ATTEST_EVIDENCE, ERR_ATTEST_ENROL_FAILED with a reason, ...).
+ *
+ * **AK enrolment** (`enrolTpm: true`) is credential activation (attest/enrol.ts) split over two
+ * requests: `enrolStart` checks the AK public area and the EK against the EK policy — the admin
+ * allow-list (`allowEk`), or any EK with `tofuEk: true` — and answers a credential for the AK's
+ * Name protected by a fresh random 32-byte secret; the secret stays pending for that secure
+ * channel only (60 s, one per channel, at most {@link MAX_PENDING_ENROLMENTS} in all).
+ * `enrolFinish` on the same channel returns the secret the TPM released; a match (constant time)
+ * adds the AK to the verifier's trust anchors (and calls `onAkEnrolled`). Every peer may ask:
+ * possession is proven by the TPM (only the TPM holding that EK, with that exact AK loaded,
+ * releases the secret), not by the channel's identity. What is *not* proven: that the EK belongs
+ * to genuine TPM silicon (no EK certificate chain is checked) — hence the allow-list, and why
+ * `tofuEk` is for labs and first provisioning only. A wrong answer drops the pending secret.
  *
  * {@link RemoteVerifier} is the relying party's side of a background check: an
  * EvidenceAppraiser that asks a verifier service by route and checks the signed answer.
@@ -28,6 +44,8 @@ import type { KeyObject } from 'node:crypto'
 import { createPublicKey, timingSafeEqual } from 'node:crypto'
 import { pack, unpack } from 'msgpackr'
 import { checkEvidence } from '../attest/evidence.ts'
+import { ekPointOf, secretMatches, startEnrolment } from '../attest/enrol.ts'
+import { spkiKeyId } from '../attest/keys.ts'
 import { signResult, verifyResultToken, type ResultSigner } from '../attest/token.ts'
 import type { AttestationResult } from '../attest/types.ts'
 import type { AppraisalPolicy, Verifier } from '../attest/verifier.ts'
@@ -45,6 +63,29 @@ export const VERIFIER_ADDRESS = 'verifier'
 export const DEFAULT_VERIFIER_TIMEOUT_MS = 5_000
 /** Largest request the service decodes (bytes). */
 const MAX_REQUEST = 128 * 1024
+/** How long an `enrolStart` secret waits for its `enrolFinish` (ms). */
+export const ENROL_PENDING_MS = 60_000
+/** Most pending enrolments the service keeps (one per channel). */
+export const MAX_PENDING_ENROLMENTS = 1024
+
+/** An AK the service enrolled (what `onAkEnrolled` gets to persist). */
+export interface EnrolledAkRecord {
+  /** SPKI DER of the AK: a `trustAnchors.tpmAks` entry. */
+  akSpki: Uint8Array
+  /** Its key id (`spkiKeyId`). */
+  kid: string
+  /** The 65-byte EK point it was bound to. */
+  ekPoint: Uint8Array
+  /** The identifier of the peer that enrolled it. */
+  peer: string
+}
+
+interface PendingEnrolment {
+  secret: Uint8Array
+  akSpki: Uint8Array
+  ekPoint: Uint8Array
+  expires: number
+}
 
 export interface VerifierServiceOptions {
   /** The appraiser (trust anchors, reference values, policy). */
@@ -60,6 +101,16 @@ export interface VerifierServiceOptions {
   onReferenceValuesChanged?: (sets: ReturnType<Verifier['referenceValues']['list']>) => void | Promise<void>
   /** Called after an admin changed the appraisal policy; errors are logged. */
   onPolicyChanged?: (policy: AppraisalPolicy) => void | Promise<void>
+  /** Accept AK enrolment (`enrolStart`/`enrolFinish`). Default false. */
+  enrolTpm?: boolean
+  /** Accept any EK at enrolment (trust on first use), not only the allowed ones. Default false. */
+  tofuEk?: boolean
+  /** EKs allowed at enrolment (TPM2B_PUBLIC bytes or 65-byte P-256 points); admins add more with `allowEk`. */
+  allowedEks?: Iterable<Uint8Array>
+  /** Called after an AK was enrolled (e.g. to persist it); errors are logged. */
+  onAkEnrolled?: (akSpki: Uint8Array, record: EnrolledAkRecord) => void | Promise<void>
+  /** Called after an admin allowed an EK, with every allowed EK point; errors are logged. */
+  onEksChanged?: (ekPoints: Uint8Array[]) => void | Promise<void>
 }
 
 /** Checks an appraisal policy sent to the service (or read from a file); ERR_BAD_REQUEST names the bad field. */
@@ -106,8 +157,15 @@ export class VerifierService {
   readonly #onChanged: VerifierServiceOptions['onReferenceValuesChanged']
   readonly #onPolicy: VerifierServiceOptions['onPolicyChanged']
   readonly #channels = new Map<string, SecureChannel>()
+  readonly #enrolTpm: boolean
+  readonly #tofuEk: boolean
+  /** Allowed EK points, by hex. */
+  readonly #eks = new Map<string, Uint8Array>()
+  readonly #pending = new Map<string, PendingEnrolment>()
+  readonly #onAkEnrolled: VerifierServiceOptions['onAkEnrolled']
+  readonly #onEksChanged: VerifierServiceOptions['onEksChanged']
   /** Counters (diagnostics). */
-  readonly stats = { appraisals: 0, passports: 0, refused: 0 }
+  readonly stats = { appraisals: 0, passports: 0, refused: 0, enrolled: 0 }
 
   constructor(node: Node, options: VerifierServiceOptions) {
     this.node = node
@@ -116,6 +174,14 @@ export class VerifierService {
     this.admins = new Set(options.admins ?? [])
     this.#onChanged = options.onReferenceValuesChanged
     this.#onPolicy = options.onPolicyChanged
+    this.#enrolTpm = options.enrolTpm === true
+    this.#tofuEk = options.tofuEk === true
+    this.#onAkEnrolled = options.onAkEnrolled
+    this.#onEksChanged = options.onEksChanged
+    for (const ek of options.allowedEks ?? []) {
+      const point = Uint8Array.from(ekPointOf(ek))
+      this.#eks.set(hexOf(point), point)
+    }
     options.listener?.on('channel', (ch: SecureChannel) => {
       this.#channels.set(ch.address.text, ch)
       ch.once('close', () => this.#channels.delete(ch.address.text))
@@ -131,7 +197,8 @@ export class VerifierService {
       this.stats.refused++
       const code: ErrorCode = isThroughlineError(err) ? err.code : 'ERR_BAD_REQUEST'
       const message = err instanceof Error ? err.message.replace(/^ERR_[A-Z_]+: /, '') : String(err)
-      ctx.reply(msg, pack({ ok: false, code, message }))
+      const reason = isThroughlineError(err) ? err.details?.['reason'] : undefined
+      ctx.reply(msg, pack({ ok: false, code, message, ...(typeof reason === 'string' ? { reason } : {}) }))
     }
   }
 
@@ -141,6 +208,50 @@ export class VerifierService {
     } catch (err) {
       this.node.logger.error('verifier: saving the reference values failed', { error: err })
     }
+  }
+
+  /** Pending enrolments, expired ones dropped. */
+  #sweep(now: number): void {
+    for (const [k, p] of this.#pending) if (p.expires <= now) this.#pending.delete(k)
+  }
+
+  #enrolStart(channel: string, req: Record<string, unknown>): Record<string, unknown> {
+    if (!this.#enrolTpm) throw tlError('ERR_VERIFIER_DENIED', 'this verifier does not enrol attestation keys (start it with enrolment on)')
+    const ek = req['ekPublic']
+    const akPub = req['akPublic']
+    if (!(ek instanceof Uint8Array) || !(akPub instanceof Uint8Array)) throw tlError('ERR_BAD_REQUEST', 'enrolStart needs ekPublic and akPublic (TPM2B_PUBLIC bytes)')
+    const point = ekPointOf(ek)
+    if (!this.#tofuEk && !this.#eks.has(hexOf(point))) {
+      throw tlError('ERR_ATTEST_ENROL_FAILED', `the EK ${hexOf(point).slice(0, 16)}… is not allowed by this verifier (an admin allows it with allowEk)`, { details: { reason: 'ek_not_allowed' } })
+    }
+    const challenge = startEnrolment(ek, akPub)
+    const now = this.node.now()
+    this.#pending.delete(channel) // at most one per channel: a new start replaces the previous one
+    if (this.#pending.size >= MAX_PENDING_ENROLMENTS) this.#sweep(now)
+    if (this.#pending.size >= MAX_PENDING_ENROLMENTS) {
+      throw tlError('ERR_ATTEST_ENROL_FAILED', 'too many enrolments in progress; try again later', { details: { reason: 'busy' } })
+    }
+    this.#pending.set(channel, { secret: challenge.secret, akSpki: challenge.akSpki, ekPoint: challenge.ekPoint, expires: now + ENROL_PENDING_MS })
+    return { ok: true, credentialBlob: challenge.credential.credentialBlob, encryptedSecret: challenge.credential.encryptedSecret }
+  }
+
+  async #enrolFinish(channel: string, peer: string, req: Record<string, unknown>): Promise<Record<string, unknown>> {
+    if (!this.#enrolTpm) throw tlError('ERR_VERIFIER_DENIED', 'this verifier does not enrol attestation keys (start it with enrolment on)')
+    const pending = this.#pending.get(channel)
+    this.#pending.delete(channel) // one answer per credential
+    if (pending === undefined) throw tlError('ERR_ATTEST_ENROL_FAILED', 'no enrolment in progress on this channel (enrolStart first, on the same channel)', { details: { reason: 'no_pending' } })
+    if (pending.expires <= this.node.now()) throw tlError('ERR_ATTEST_ENROL_FAILED', `the enrolment expired (enrolFinish within ${ENROL_PENDING_MS / 1000} s of enrolStart)`, { details: { reason: 'expired' } })
+    if (!secretMatches(req['secret'], pending.secret)) throw tlError('ERR_ATTEST_ENROL_FAILED', 'the activated secret does not match the credential', { details: { reason: 'secret_mismatch' } })
+    this.verifier.enrolAk(pending.akSpki)
+    this.stats.enrolled++
+    const kid = spkiKeyId(pending.akSpki)
+    try {
+      await this.#onAkEnrolled?.(Uint8Array.from(pending.akSpki), { akSpki: Uint8Array.from(pending.akSpki), kid, ekPoint: pending.ekPoint, peer })
+    } catch (err) {
+      this.node.logger.error('verifier: saving the enrolled AK failed', { error: err })
+    }
+    this.node.logger.info('verifier: AK enrolled', { ak: kid, peer })
+    return { ok: true, ak: kid }
   }
 
   async #serve(msg: Message): Promise<Record<string, unknown>> {
@@ -221,10 +332,43 @@ export class VerifierService {
       case 'getPolicy':
         admin()
         return { ok: true, policy: { ...this.verifier.policy } }
+      case 'enrolStart':
+        return this.#enrolStart(msg.local.channel.text, req)
+      case 'enrolFinish':
+        return this.#enrolFinish(msg.local.channel.text, peer.identifier, req)
+      case 'allowEk': {
+        admin()
+        if (!(req['ekPublic'] instanceof Uint8Array)) throw tlError('ERR_BAD_REQUEST', 'allowEk needs ekPublic (TPM2B_PUBLIC bytes or a 65-byte P-256 point)')
+        let point: Uint8Array
+        try {
+          point = Uint8Array.from(ekPointOf(req['ekPublic']))
+        } catch (err) {
+          throw tlError('ERR_BAD_REQUEST', `allowEk: ${err instanceof Error ? err.message.replace(/^ERR_[A-Z_]+: /, '') : String(err)}`, { cause: err })
+        }
+        const key = hexOf(point)
+        const added = !this.#eks.has(key)
+        if (added) {
+          this.#eks.set(key, point)
+          try {
+            await this.#onEksChanged?.([...this.#eks.values()])
+          } catch (err) {
+            this.node.logger.error('verifier: saving the allowed EKs failed', { error: err })
+          }
+        }
+        return { ok: true, added }
+      }
+      case 'listEks':
+        admin()
+        return { ok: true, eks: [...this.#eks.keys()] }
       default:
         throw tlError('ERR_BAD_REQUEST', `unknown verifier op ${String(req['op']).slice(0, 32)}`)
     }
   }
+}
+
+/** Hex of bytes. */
+function hexOf(b: Uint8Array): string {
+  return Buffer.from(b).toString('hex')
 }
 
 /** Sends one request to a verifier service; ERR_VERIFIER_UNAVAILABLE when it does not answer. */
@@ -245,8 +389,11 @@ export async function verifierRequest(node: Node, route: Route, request: Record<
     throw tlError('ERR_VERIFIER_UNAVAILABLE', 'the verifier service answered with something that is not msgpack')
   }
   if (r?.['ok'] !== true) {
-    const code = typeof r?.['code'] === 'string' && r['code'] === 'ERR_VERIFIER_DENIED' ? 'ERR_VERIFIER_DENIED' : 'ERR_ATTEST_VERIFIER_FAILED'
-    throw tlError(code, `the verifier service refused: ${String(r?.['code'] ?? '')} ${String(r?.['message'] ?? '')}`.trim(), { details: { reason: 'verifier_refused', remoteCode: r?.['code'] } })
+    const remote = r?.['code']
+    const code = remote === 'ERR_VERIFIER_DENIED' || remote === 'ERR_ATTEST_ENROL_FAILED' ? remote : 'ERR_ATTEST_VERIFIER_FAILED'
+    // an enrolment refusal keeps the service's reason (ek_not_allowed, secret_mismatch, ...)
+    const reason = code === 'ERR_ATTEST_ENROL_FAILED' && typeof r?.['reason'] === 'string' ? r['reason'] : 'verifier_refused'
+    throw tlError(code, `the verifier service refused: ${String(remote ?? '')} ${String(r?.['message'] ?? '')}`.trim(), { details: { reason, remoteCode: remote } })
   }
   return r
 }
@@ -377,4 +524,37 @@ export class PassportClient implements PassportSource {
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && timingSafeEqual(a, b)
+}
+
+/** What {@link enrolWithVerifier} needs of a TPM vault (a `TpmVault`). */
+export interface EnrollingVault {
+  ekPublic(): Promise<Uint8Array>
+  tpmPublic(handle: string): Promise<{ public: Uint8Array }>
+  activateCredential(akHandle: string, credentialBlob: Uint8Array, encryptedSecret: Uint8Array): Promise<Uint8Array>
+}
+
+/**
+ * Enrols the attestation key `akHandle` of `vault` with the verifier service at `route` (inside a
+ * secure channel): `enrolStart` with the EK and AK public areas, TPM2_ActivateCredential on the
+ * credential it answers, `enrolFinish` with the released secret — both requests on the same
+ * channel. Resolves with the AK's key id. Refusals are ERR_ATTEST_ENROL_FAILED with
+ * `details.reason` (`ek_not_allowed`, `ak_attributes`, `secret_mismatch`, `activation_failed`, ...),
+ * ERR_VERIFIER_DENIED when the service does not enrol, ERR_VERIFIER_UNAVAILABLE when it does not answer.
+ */
+export async function enrolWithVerifier(node: Node, route: Route, vault: EnrollingVault, akHandle: string, timeout = DEFAULT_VERIFIER_TIMEOUT_MS): Promise<string> {
+  const ekPublic = await vault.ekPublic()
+  const akPublic = (await vault.tpmPublic(akHandle)).public
+  const started = await verifierRequest(node, route, { op: 'enrolStart', ekPublic, akPublic }, timeout)
+  const blob = started['credentialBlob']
+  const enc = started['encryptedSecret']
+  if (!(blob instanceof Uint8Array) || !(enc instanceof Uint8Array)) throw tlError('ERR_ATTEST_ENROL_FAILED', 'the verifier service sent no credential', { details: { reason: 'bad_reply' } })
+  let secret: Uint8Array
+  try {
+    secret = await vault.activateCredential(akHandle, blob, enc)
+  } catch (err) {
+    throw tlError('ERR_ATTEST_ENROL_FAILED', `the TPM could not activate the verifier's credential: ${err instanceof Error ? err.message : String(err)}`, { cause: err, details: { reason: 'activation_failed' } })
+  }
+  const done = await verifierRequest(node, route, { op: 'enrolFinish', secret }, timeout)
+  if (typeof done['ak'] !== 'string') throw tlError('ERR_ATTEST_ENROL_FAILED', 'the verifier service did not name the enrolled AK', { details: { reason: 'bad_reply' } })
+  return done['ak']
 }

@@ -345,16 +345,21 @@ export interface StoredAk {
   enrolled: string
 }
 
+/** The JSON in `path` (undefined when the file does not exist); ERR_INVALID_ARGUMENT names `what` when it is not JSON. */
+async function readJsonIfExists(path: string, what: string): Promise<unknown> {
+  const text = await readIfExists(path)
+  if (text === undefined) return undefined
+  try {
+    return JSON.parse(text) as unknown
+  } catch (err) {
+    throw invalid(`${what} ${path}: not valid JSON`, err)
+  }
+}
+
 /** Reads `verifier-aks.json` (missing: none). */
 export async function readStoredAks(path: string): Promise<StoredAk[]> {
-  const text = await readIfExists(path)
-  if (text === undefined) return []
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(text)
-  } catch (err) {
-    throw invalid(`enrolled AKs ${path}: not valid JSON`, err)
-  }
+  const parsed = await readJsonIfExists(path, 'enrolled AKs')
+  if (parsed === undefined) return []
   if (!Array.isArray(parsed) || !parsed.every((a: Partial<StoredAk>) => a !== null && typeof a === 'object' && typeof a.spki === 'string' && typeof a.kid === 'string')) {
     throw invalid(`enrolled AKs ${path}: not an array of {kid, spki, ek, peer, enrolled}`)
   }
@@ -363,14 +368,8 @@ export async function readStoredAks(path: string): Promise<StoredAk[]> {
 
 /** Reads `verifier-eks.json` (missing: none): an array of hex EK points. */
 export async function readStoredEks(path: string): Promise<Uint8Array[]> {
-  const text = await readIfExists(path)
-  if (text === undefined) return []
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(text)
-  } catch (err) {
-    throw invalid(`allowed EKs ${path}: not valid JSON`, err)
-  }
+  const parsed = await readJsonIfExists(path, 'allowed EKs')
+  if (parsed === undefined) return []
   if (!Array.isArray(parsed) || !parsed.every((e) => typeof e === 'string' && /^04[0-9a-f]{128}$/.test(e))) throw invalid(`allowed EKs ${path}: not an array of hex P-256 points`)
   return parsed.map((e: string) => new Uint8Array(Buffer.from(e, 'hex')))
 }

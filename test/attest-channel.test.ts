@@ -195,6 +195,26 @@ t.test('the matrix: {evidence, passport, background check} × {initiator-only, r
   }
 })
 
+t.test('evidence privacy: a responder with earlyEvidence never keeps evidence out of message 2; the initiator appraises it in a gate round', async (t) => {
+  const w = world(t)
+  const dev = w.device()
+  const contexts: string[] = []
+  const spy: Attester = { suite: 'sim', attest: (ctx, signal) => (contexts.push(ctx.role), dev.attester.attest(ctx, signal)) }
+  const p = await pair(t, w, { attesters: [spy], earlyEvidence: 'never' })
+  const opened = new Promise<SecureChannel>((r) => p.listener.once('channel', r))
+  const ch = await connect(p, { require: ['sim'], verifier: w.verifier([dev.platform]) }) // handshake mode asked
+  await opened
+  t.equal(ch.attestation?.status, 'affirming', 'appraised all the same')
+  t.equal(ch.attestationRounds, 1, 'in one round after the handshake, not in message 2')
+  t.same(contexts, ['R'], 'the device produced evidence once')
+  t.equal(await echoThrough(p.C, ch), 'hello')
+  dev.attester.faults.corruptSignature = true
+  const err = await connect(p, { require: ['sim'], verifier: w.verifier([dev.platform]) }).catch((e: unknown) => e)
+  t.equal(causeOf(err), 'ATTEST_VERIFIER_FAILED', 'a failing deferred round still refuses the channel')
+  await until(() => p.listenerErrors.length === 1)
+  t.equal(causeOf(p.listenerErrors[0]), 'ATTEST_VERIFIER_FAILED', 'on both ends')
+})
+
 t.test('no attestation required: plain channels are unchanged; suites that do not match fail on both ends', async (t) => {
   const w = world(t)
   const dev = w.device()

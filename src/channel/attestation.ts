@@ -72,6 +72,13 @@ export interface AttestationOptions {
   maxClockSkew?: number
   /** Relying party: refresh a passport when this fraction of its lifetime has passed. */
   renewalThreshold?: number
+  /**
+   * Prover, as a responder: `never` keeps evidence out of handshake message 2, which goes to an
+   * initiator that is not yet authenticated (evidence reveals platform details); the evidence then
+   * comes in a round right after the handshake, and the initiator accepts that deferral (its
+   * channel opens only once the round passed). Default `always`.
+   */
+  earlyEvidence?: 'always' | 'never'
 }
 
 /** Handed to the driver by its channel. */
@@ -222,7 +229,7 @@ export class ChannelAttestation {
   readonly options: AttestationOptions
   readonly provides: AttestSuite[]
   readonly requires: AttestSuite[]
-  readonly post: boolean
+  #post: boolean
   #host: AttestationHost
   /** Suites the peer wants of us (from its payload) and whether it attests us after the handshake. */
   #peerExpected: AttestSuite[] = []
@@ -246,7 +253,7 @@ export class ChannelAttestation {
     this.options = options
     this.provides = [...new Set<AttestSuite>([...(options.attesters ?? []).map((a) => a.suite), ...(options.passport ? (['passport'] as const) : [])])]
     this.requires = [...(options.require ?? [])]
-    this.post = options.mode === 'post-handshake'
+    this.#post = options.mode === 'post-handshake'
     checkAttestationOptions(options)
   }
 
@@ -255,9 +262,14 @@ export class ChannelAttestation {
     return this.#result
   }
 
+  /** True when this end appraises its peer after the handshake (configured, or the peer deferred). */
+  get post(): boolean {
+    return this.#post
+  }
+
   /** True when this end appraises its peer only after the handshake (the channel waits for a round). */
   get gated(): boolean {
-    return this.post && this.requires.length > 0
+    return this.#post && this.requires.length > 0
   }
 
   get timeout(): number {
@@ -300,7 +312,7 @@ export class ChannelAttestation {
       })
     }
     out['chosen'] = chosen
-    if (this.#peerPost) {
+    if (this.#peerPost || (role === 'R' && this.options.earlyEvidence === 'never')) {
       out['deferred'] = true
       return out
     }
@@ -336,8 +348,13 @@ export class ChannelAttestation {
       })
     }
     this.#suite = chosen
-    if (this.post) return undefined
-    if (p.deferred) throw tlError('ERR_ATTEST_VERIFIER_FAILED', 'the peer deferred its evidence but this node requires it in the handshake', { details: { reason: 'deferred' } })
+    if (this.#post) return undefined
+    if (p.deferred) {
+      // The peer keeps its evidence out of the handshake (evidence privacy): appraise it in a gate
+      // round right after the handshake instead; the channel opens only once that round passed.
+      this.#post = true
+      return undefined
+    }
     const peerRole = this.#host.role === 'initiator' ? 'R' : 'I'
     const result = await this.#appraise(chosen, p, deriveHandle(peerRole, chosen, hPoint, this.#host.remoteStaticKey()), signal)
     this.#accept(result)

@@ -218,6 +218,11 @@ export class SecureChannel extends EventEmitter {
     return this.#attest.result
   }
 
+  /** Attestation rounds inside this channel that passed (gate and re-attestation rounds). */
+  get attestationRounds(): number {
+    return this.#attest.rounds
+  }
+
   /** Re-attests the peer now (a round inside the channel); resolves with the new result. */
   reattest(): Promise<AttestationResult> {
     return this.#attest.reattest()

@@ -92,7 +92,17 @@ t.test('cli: sim device, a local verifier in send and in a listener; usage error
   t.equal(plain.code, 1)
   t.match(plain.stderr, /^error: ERR_ATTEST_NO_MATCH: /, 'and refuses a peer that offers no attestation')
 
+  // a device that shows no evidence to unauthenticated peers: the evidence comes in a round after the handshake
+  const P = startCli(t, ['node', 'start', '--tcp', '127.0.0.1:0', '--identity', 'dev', '--secure-listener', '--attest', 'sim', '--early-evidence', 'never', '--home', dev])
+  const [, pAddr] = await P.waitFor(/^listening tcp (127\.0\.0\.1:\d+)$/)
+  const deferred = await runCli(['send', ...appraise, '--trust-sim', '--show-attestation', '--to', `/tcp/${pAddr}/secure/secure/service/echo`, 'deferred'])
+  t.equal(deferred.stdout, 'deferred\n', `evidence after the handshake (${deferred.stderr.trim()})`)
+  t.equal(deferred.stderr.match(ATTESTATION_LINE)?.[2], 'affirming')
+  t.equal(await P.stop('SIGINT'), 0)
+
   const usage: [string[], RegExp][] = [
+    [['node', 'start', '--identity', 'dev', '--secure-listener', '--attest', 'sim', '--early-evidence', 'later', '--home', dev], /--early-evidence takes always or never/],
+    [['node', 'start', '--early-evidence', 'never'], /--early-evidence needs --attest/],
     [['send', '--require-attestation', 'sim', '--to', to, 'x'], /--require-attestation sim needs an appraiser/],
     [['send', '--require-attestation', 'passport', '--trust-sim-root', rootPub!, '--to', to, 'x'], /passport needs --verifier ROUTE/],
     [['send', '--require-attestation', 'sim', '--verifier', '/tcp/127.0.0.1:1/secure/secure/service/verifier', '--trust-sim', '--to', to, 'x'], /exclude each other/],

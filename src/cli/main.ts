@@ -95,7 +95,8 @@ const USAGE = `usage:
   throughline node start [--tcp HOST:PORT]... [--ws HOST:PORT]... [--serial PATH[@BAUD]]...
                          [--relay-at ROUTE --relay-name NAME] [--name NAME]
                          [--identity NAME --secure-listener [--trust ID]...]
-                         [--attest sim|tpm2 [--sim-root FILE] [--tpm EP] [--passport-from ROUTE]]
+                         [--attest sim|tpm2 [--sim-root FILE] [--tpm EP] [--passport-from ROUTE]
+                          [--early-evidence always|never]]
                          [--enrol-at ROUTE] [relying-party flags]
                          [--allow NAME]... [--home DIR] [--log-level debug|info|warn|error|silent]
       Runs a node in the foreground with the echo and relay services, and with
@@ -109,6 +110,8 @@ const USAGE = `usage:
       measurement log in DIR/attest); prints "attest tpm2 ak PUBFILE", the AK a verifier pins.
       --passport-from ROUTE: gets a passport from a verifier service, attesting to it at ROUTE
       (e.g. /tcp/V:4100/secure/secure-attested/service/verifier).
+      --early-evidence never: shows no evidence to a peer that is not yet authenticated (handshake
+      message 2); the peer gets it in a round right after the handshake instead.
       --enrol-at ROUTE (with --attest tpm2): enrols the AK at the verifier service at ROUTE
       (e.g. /tcp/V:4100/secure/secure/service/verifier) by TPM credential activation, so no one
       pins it by hand; prints "attest tpm2 enrolled KID".
@@ -308,6 +311,7 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
     ...PROVER_OPTIONS,
     'passport-from': { type: 'string' },
     'enrol-at': { type: 'string' },
+    'early-evidence': { type: 'string' },
     ...RELYING_PARTY_OPTIONS,
   })
   if (positionals.length > 0) throw usageError(`unexpected argument "${positionals[0]}"`)
@@ -321,6 +325,9 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
   const secureListener = values['secure-listener'] === true
   if (kinds.length > 0 && !secureListener) throw usageError('--attest needs --identity NAME --secure-listener (attestation is bound to secure channels)')
   if (passportFrom !== undefined && kinds.length === 0) throw usageError('--passport-from needs --attest sim|tpm2 (the node attests itself to the verifier for its passport)')
+  const early = values['early-evidence']
+  if (early !== undefined && early !== 'always' && early !== 'never') throw usageError('--early-evidence takes always or never')
+  if (early !== undefined && kinds.length === 0) throw usageError('--early-evidence needs --attest sim|tpm2')
   if (relying !== undefined && !secureListener) throw usageError('--require-attestation needs --identity NAME --secure-listener (it is what the listener requires of its peers)')
   if (enrolAt !== undefined && !kinds.includes('tpm2')) throw usageError('--enrol-at needs --attest tpm2 --tpm EP (it enrols the TPM attestation key)')
   secureRouteFlag('--passport-from', passportFrom)
@@ -351,6 +358,8 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
       const id = loaded.identity
       // what this node proves about itself, on every channel (listener and outgoing)
       const proving: AttestationOptions = {}
+      // never: no evidence in handshake message 2 (the initiator is not yet authenticated); a round after it
+      if (early !== undefined) proving.earlyEvidence = early
       let tpmAk: { vault: TpmVaultInUse['vault']; akHandle: string } | undefined
       for (const kind of kinds) {
         const platform = await openProver(kind, home, prover, loaded.tpm)

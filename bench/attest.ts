@@ -48,7 +48,7 @@
  */
 import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
@@ -60,6 +60,7 @@ import { ReferenceValues, SimAttester, SimPlatform, SimRoot, Verifier, deriveHan
 import { MeasurementLog, Tpm2Attester, type BootRecipe } from '../src/attest/tpm2.ts'
 import { TpmVault } from '../src/vault/index.ts'
 import { startSwtpm, type Swtpm } from '../test/helpers/swtpm.ts'
+import { cpuMsOf } from './lib/process.ts'
 
 const MEASURE_MS = Number(process.env.BENCH_MS ?? 2000)
 const SLICES = Math.max(1, Number(process.env.BENCH_SLICES ?? 2))
@@ -85,17 +86,6 @@ const median = (xs: readonly number[]): number => {
 const quantile = (xs: readonly number[], q: number): number => {
   const s = [...xs].sort((a, b) => a - b)
   return s[Math.min(s.length - 1, Math.floor(q * s.length))]!
-}
-
-/** CPU time (ms) a process has used so far, from /proc (Linux); NaN elsewhere. */
-function cpuMsOf(pid: number | undefined): number {
-  if (pid === undefined) return NaN
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
-    return ((Number(f[11]) + Number(f[12])) * 1000) / 100 // utime + stime, in USER_HZ (100)
-  } catch {
-    return NaN
-  }
 }
 
 // the swtpm started here, stopped by its own PID also on a failure

@@ -54,10 +54,10 @@
  * / the sink process, space-separated, e.g. `--cpu-prof --cpu-prof-dir=prof`).
  * Timings are never asserted anywhere.
  */
-import { type ChildProcess, fork, spawn } from 'node:child_process'
+import { fork, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { PerformanceObserver } from 'node:perf_hooks'
@@ -67,7 +67,7 @@ import { SecureChannels, SoftwareIdentity, type SecureChannel } from '../src/cha
 import { local, Node, parseRoute, silentLogger, type Address } from '../src/router/index.ts'
 import { RelayClient } from '../src/services/index.ts'
 import { MemoryNetwork, MemoryTransport, TcpTransport, type TcpLink } from '../src/transports/index.ts'
-import { spawnRelayCli, stopByPid } from './lib/process.ts'
+import { MarkedChild, cpuMsOf, spawnRelayCli, waitReady } from './lib/process.ts'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const SELF = fileURLToPath(import.meta.url)
@@ -274,18 +274,6 @@ async function main(): Promise<void> {
 
   // -------------------------------------------------------------- child processes
 
-  /** Every child started by this bench, so that each is stopped by its own PID, also on failure. */
-  const live = new Set<ChildProcess>()
-  process.on('exit', () => {
-    for (const c of live) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL')
-  })
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.on(sig, () => {
-      log(`${sig}: stopping children`)
-      process.exit(130)
-    })
-  }
-
   interface Mark {
     msgs: number
     bytes: number
@@ -296,59 +284,13 @@ async function main(): Promise<void> {
     gcMs?: number
   }
 
-  /** CPU time (ms) a process has used so far, from /proc (Linux); NaN elsewhere. */
-  const cpuMsOf = (pid: number | undefined): number => {
-    if (pid === undefined) return NaN
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-      return ((Number(f[11]) + Number(f[12])) * 1000) / 100 // utime + stime, clock ticks of 10 ms
-    } catch {
-      return NaN
-    }
-  }
-
-  class Child {
-    readonly name: string
-    readonly proc: ChildProcess
-    stopping = false
-    #marks: ((m: Mark) => void)[] = []
-
-    constructor(name: string, proc: ChildProcess) {
-      this.name = name
-      this.proc = proc
-      live.add(proc)
-      proc.once('exit', (code, signal) => {
-        live.delete(proc)
-        if (!this.stopping) log(`child ${name} (pid ${proc.pid}) exited unexpectedly: ${code ?? signal}`)
-      })
-      proc.on('message', (m: { type?: string } & Mark) => {
-        if (m?.type === 'mark') this.#marks.shift()?.(m)
-      })
-    }
-
-    get pid(): number | undefined {
-      return this.proc.pid
-    }
-
-    mark(): Promise<Mark> {
-      return new Promise((resolve) => {
-        this.#marks.push(resolve)
-        this.proc.send({ type: 'mark' })
-      })
-    }
-
-    /** Stops the process by its PID: SIGTERM, then SIGKILL after 3 s. */
-    async stop(): Promise<void> {
-      if (this.proc.exitCode === null && this.proc.signalCode === null) this.stopping = true
-      await stopByPid(this.proc)
-    }
-  }
+  /** A bench child process that answers `mark` requests. */
+  type Child = MarkedChild<Mark>
 
   /** The relay node: the real CLI, `node bin/throughline.js node start --tcp 127.0.0.1:0`. */
   async function startRelayCli(): Promise<{ child: Child; address: string }> {
     let child: Child | undefined
-    const { address } = await spawnRelayCli(root, RELAY_NODE_ARGS, (proc) => (child = new Child('relay (CLI)', proc)))
+    const { address } = await spawnRelayCli(root, RELAY_NODE_ARGS, (proc) => (child = new MarkedChild<Mark>('relay (CLI)', proc, log)))
     return { child: child!, address }
   }
 
@@ -359,24 +301,9 @@ async function main(): Promise<void> {
       CODE === 'ts'
         ? fork(SELF, ['sink', relayAt], { cwd: root, execArgv: [...TS_LOADER, ...SINK_NODE_ARGS], env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' }, stdio })
         : spawn(process.execPath, [...SINK_NODE_ARGS, '--input-type=module', '-e', `${distLibSource()}\nawait (${sinkMain.toString()})(lib, process.argv[1])`, '--', relayAt], { cwd: root, stdio })
-    const child = new Child('sink', proc)
-    const ready = await Promise.race([
-      new Promise<{ address: string; heapMB: number }>((resolve) => {
-        const on = (m: { type?: string; address?: string; heapMB?: number }): void => {
-          if (m?.type === 'ready') {
-            proc.off('message', on)
-            resolve({ address: m.address!, heapMB: m.heapMB ?? NaN })
-          }
-        }
-        proc.on('message', on)
-      }),
-      once(proc, 'exit').then(([code]) => {
-        throw new Error(`sink exited (${String(code)}) before it was ready`)
-      }),
-      sleep(20_000).then(() => {
-        throw new Error('sink was not ready within 20 s')
-      }),
-    ])
+    const child = new MarkedChild<Mark>('sink', proc, log)
+    const m = await waitReady<{ address: string; heapMB?: number }>(proc, 'sink')
+    const ready = { address: m.address, heapMB: m.heapMB ?? NaN }
     return { child, ...ready }
   }
 
@@ -467,7 +394,7 @@ async function main(): Promise<void> {
     if (process.env.BENCH_NOISE_ROUNDS !== undefined) env.BENCH_ROUNDS = process.env.BENCH_NOISE_ROUNDS
     env.BENCH_NO_WRITE = '1' // its figures are embedded in this bench's results file
     const proc = spawn(process.execPath, [...TS_LOADER, join(root, 'bench', 'noise.ts')], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] })
-    const child = new Child('noise bench', proc)
+    const child = new MarkedChild<Mark>('noise bench', proc, log)
     child.stopping = true // its exit is expected
     let out = ''
     let err = ''

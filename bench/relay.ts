@@ -36,7 +36,7 @@
  * arguments for the relay CLI / the forked sink and proxy processes, space-separated, e.g. `--cpu-prof --cpu-prof-dir=prof`).
  * Timings are never asserted anywhere.
  */
-import { type ChildProcess, fork } from 'node:child_process'
+import { fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
@@ -46,7 +46,7 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Node, parseRoute } from '../src/router/index.ts'
 import { TcpTransport, type TcpLink } from '../src/transports/index.ts'
-import { spawnRelayCli, stopByPid } from './lib/process.ts'
+import { MarkedChild, cpuMsOf, spawnRelayCli, waitReady } from './lib/process.ts'
 
 const MEASURE_MS = Number(process.env.BENCH_MS ?? 3000)
 const WARMUP_MS = Number(process.env.BENCH_WARMUP_MS ?? 1000)
@@ -74,35 +74,11 @@ const sizeKey = (size: number): string => (size >= 1024 && size % 1024 === 0 ? `
 
 // ------------------------------------------------------------------ child processes
 
-/** Every child started by this bench, so that each is stopped by its own PID, also on failure. */
-const live = new Set<ChildProcess>()
-process.on('exit', () => {
-  for (const c of live) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL')
-})
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(sig, () => {
-    log(`${sig}: stopping children`)
-    process.exit(130)
-  })
-}
-
 interface Mark {
   msgs: number
   bytes: number
   t: number
   drops?: number
-}
-
-/** CPU time (ms) a process has used so far, from /proc (Linux); NaN elsewhere. */
-function cpuMsOf(pid: number | undefined): number {
-  if (pid === undefined) return NaN
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return ((Number(f[11]) + Number(f[12])) * 1000) / 100 // utime + stime, in clock ticks of 10 ms
-  } catch {
-    return NaN
-  }
 }
 
 function rssMBOf(pid: number | undefined): number {
@@ -114,77 +90,25 @@ function rssMBOf(pid: number | undefined): number {
   }
 }
 
-class Child {
-  readonly name: string
-  readonly proc: ChildProcess
-  #marks: ((m: Mark) => void)[] = []
+/** A bench child process that answers `mark` requests. */
+type Child = MarkedChild<Mark>
 
-  constructor(name: string, proc: ChildProcess) {
-    this.name = name
-    this.proc = proc
-    live.add(proc)
-    proc.once('exit', (code, signal) => {
-      live.delete(proc)
-      if (!this.stopping) log(`child ${name} (pid ${proc.pid}) exited unexpectedly: ${code ?? signal}`)
-    })
-    proc.on('message', (m: { type?: string } & Mark) => {
-      if (m?.type === 'mark') this.#marks.shift()?.(m)
-    })
-  }
-
-  stopping = false
-
-  /** Starts a script with an IPC channel and waits for its `ready` message. */
-  static async fork(name: string, script: string, args: string[], ts: boolean): Promise<{ child: Child; ready: Record<string, unknown> }> {
-    const proc = fork(script, args, {
-      cwd: root,
-      execArgv: [...(ts ? TS_LOADER : []), ...SINK_NODE_ARGS],
-      env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' },
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    })
-    const child = new Child(name, proc)
-    const ready = await Promise.race([
-      new Promise<Record<string, unknown>>((resolve) => {
-        const on = (m: { type?: string }): void => {
-          if (m?.type === 'ready') {
-            proc.off('message', on)
-            resolve(m as Record<string, unknown>)
-          }
-        }
-        proc.on('message', on)
-      }),
-      once(proc, 'exit').then(([code]) => {
-        throw new Error(`${name} exited (${String(code)}) before it was ready`)
-      }),
-      sleep(20_000).then(() => {
-        throw new Error(`${name} was not ready within 20 s`)
-      }),
-    ])
-    return { child, ready }
-  }
-
-  get pid(): number | undefined {
-    return this.proc.pid
-  }
-
-  mark(): Promise<Mark> {
-    return new Promise((resolve) => {
-      this.#marks.push(resolve)
-      this.proc.send({ type: 'mark' })
-    })
-  }
-
-  /** Stops the process by its PID: SIGTERM, then SIGKILL after 3 s. */
-  async stop(): Promise<void> {
-    if (this.proc.exitCode === null && this.proc.signalCode === null) this.stopping = true
-    await stopByPid(this.proc)
-  }
+/** Starts a script with an IPC channel and waits for its `ready` message. */
+async function forkChild(name: string, script: string, args: string[], ts: boolean): Promise<{ child: Child; ready: Record<string, unknown> }> {
+  const proc = fork(script, args, {
+    cwd: root,
+    execArgv: [...(ts ? TS_LOADER : []), ...SINK_NODE_ARGS],
+    env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  })
+  const child = new MarkedChild<Mark>(name, proc, log)
+  return { child, ready: await waitReady<Record<string, unknown>>(proc, name) }
 }
 
 /** The relay node: the real CLI, `node bin/throughline.js node start --tcp 127.0.0.1:0`. */
 async function startRelayCli(): Promise<{ child: Child; address: string }> {
   let child: Child | undefined
-  const { address } = await spawnRelayCli(root, RELAY_NODE_ARGS, (proc) => (child = new Child('relay (CLI)', proc)))
+  const { address } = await spawnRelayCli(root, RELAY_NODE_ARGS, (proc) => (child = new MarkedChild<Mark>('relay (CLI)', proc, log)))
   return { child: child!, address }
 }
 
@@ -394,16 +318,16 @@ async function runScenario(s: Scenario): Promise<ScenarioResult> {
   const throughput: Record<string, Throughput> = {}
   try {
     if (s === 'raw.direct' || s === 'raw.proxy') {
-      const { child: sink, ready } = await Child.fork('sink', join(lib, 'raw-sink.js'), ['count'], false)
+      const { child: sink, ready } = await forkChild('sink', join(lib, 'raw-sink.js'), ['count'], false)
       children.push(sink)
-      const { child: echo, ready: echoReady } = await Child.fork('echo', join(lib, 'raw-sink.js'), ['echo'], false)
+      const { child: echo, ready: echoReady } = await forkChild('echo', join(lib, 'raw-sink.js'), ['echo'], false)
       children.push(echo)
       let port = ready['port'] as number
       let echoPort = echoReady['port'] as number
       let procs = [sink]
       if (s === 'raw.proxy') {
-        const { child: proxy, ready: pr } = await Child.fork('proxy', join(lib, 'raw-proxy.js'), [String(port)], false)
-        const { child: proxy2, ready: pr2 } = await Child.fork('echo proxy', join(lib, 'raw-proxy.js'), [String(echoPort)], false)
+        const { child: proxy, ready: pr } = await forkChild('proxy', join(lib, 'raw-proxy.js'), [String(port)], false)
+        const { child: proxy2, ready: pr2 } = await forkChild('echo proxy', join(lib, 'raw-proxy.js'), [String(echoPort)], false)
         children.push(proxy, proxy2)
         port = pr['port'] as number
         echoPort = pr2['port'] as number
@@ -413,7 +337,7 @@ async function runScenario(s: Scenario): Promise<ScenarioResult> {
       return { throughput, rtt: await rawRtt(echoPort) }
     }
     if (s === 'throughline.direct') {
-      const { child: sink, ready } = await Child.fork('sink', join(lib, 'tl-sink.ts'), ['listen'], true)
+      const { child: sink, ready } = await forkChild('sink', join(lib, 'tl-sink.ts'), ['listen'], true)
       children.push(sink)
       const addr = ready['address'] as string
       for (const size of SIZES) {
@@ -425,7 +349,7 @@ async function runScenario(s: Scenario): Promise<ScenarioResult> {
     const relay = await startRelayCli()
     children.push(relay.child)
     const R = relay.address
-    const { child: sink } = await Child.fork('sink', join(lib, 'tl-sink.ts'), ['relay', R, 'benchsink'], true)
+    const { child: sink } = await forkChild('sink', join(lib, 'tl-sink.ts'), ['relay', R, 'benchsink'], true)
     children.push(sink)
     const via = `/tcp/${R}/service/forward_to_benchsink`
     for (const size of SIZES) {

@@ -39,10 +39,9 @@
  * file), BENCH_SINK_NODE_ARGS (extra node arguments for the sink processes, space-separated, e.g.
  * `--cpu-prof --cpu-prof-dir=prof`). Timings are never asserted anywhere.
  */
-import { type ChildProcess, fork } from 'node:child_process'
+import { fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { once } from 'node:events'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
 import type { Duplex } from 'node:stream'
@@ -52,7 +51,7 @@ import type { SerialTransportOptions } from '../src/transports/serial.ts'
 import type { TcpLink } from '../src/transports/tcp.ts'
 import type { WebSocketLink } from '../src/transports/websocket.ts'
 import { ptyPair, type PtyPair } from './lib/pty.ts'
-import { stopByPid } from './lib/process.ts'
+import { MarkedChild, cpuMsOf, trackChild, waitReady } from './lib/process.ts'
 
 const MEASURE_MS = Number(process.env.BENCH_MS ?? 3000)
 const WARMUP_MS = Number(process.env.BENCH_WARMUP_MS ?? 1000)
@@ -79,24 +78,11 @@ const round = (x: number, digits: number): number => Math.round(x * 10 ** digits
 
 // ------------------------------------------------------------------ child processes
 
-/** Every child started by this bench (sinks and socat), so that each is stopped by its own PID, also on failure. */
-const live = new Set<ChildProcess>()
-const track = (p: ChildProcess): void => {
-  live.add(p)
-  p.once('exit', () => live.delete(p))
-}
-/** Temporary directories of the pty links, removed also on failure. */
+/** Temporary directories of the pty links, removed also on failure. (Children: bench/lib/process.ts trackChild.) */
 const tempDirs = new Set<string>()
 process.on('exit', () => {
-  for (const c of live) if (c.exitCode === null && c.signalCode === null && c.pid !== undefined) process.kill(c.pid, 'SIGKILL')
   for (const d of tempDirs) rmSync(d, { recursive: true, force: true })
 })
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(sig, () => {
-    log(`${sig}: stopping children`)
-    process.exit(130)
-  })
-}
 
 interface Mark {
   msgs: number
@@ -105,86 +91,21 @@ interface Mark {
   drops: number
 }
 
-/** CPU time (ms) a process has used so far, from /proc (Linux); NaN elsewhere. */
-function cpuMsOf(pid: number | undefined): number {
-  if (pid === undefined) return NaN
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return ((Number(f[11]) + Number(f[12])) * 1000) / 100 // utime + stime, in clock ticks of 10 ms
-  } catch {
-    return NaN
-  }
-}
-
 /** The sink process: a Node listening on one transport with a counting `sink` worker. */
-class Sink {
-  readonly proc: ChildProcess
-  readonly address: string
-  #marks: ((m: Mark) => void)[] = []
-  #stopping = false
+type Sink = MarkedChild<Mark> & { readonly address: string }
 
-  private constructor(proc: ChildProcess, address: string) {
-    this.proc = proc
-    this.address = address
-    proc.on('message', (m: { type?: string } & Mark) => {
-      if (m?.type === 'mark') this.#marks.shift()?.(m)
-    })
-    proc.once('exit', (code, signal) => {
-      if (!this.#stopping) log(`sink (pid ${proc.pid}) exited unexpectedly: ${code ?? signal}`)
-      for (const f of this.#marks.splice(0)) f({ msgs: NaN, bytes: NaN, t: NaN, drops: NaN })
-    })
-  }
-
-  static async start(args: string[]): Promise<Sink> {
-    const proc = fork(SINK, args, {
-      cwd: root,
-      execArgv: [...TS_LOADER, ...SINK_NODE_ARGS],
-      env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' },
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    })
-    track(proc)
-    try {
-      const ready = await Promise.race([
-        new Promise<{ address: string }>((resolve) => {
-          const on = (m: { type?: string; address?: string }): void => {
-            if (m?.type === 'ready') {
-              proc.off('message', on)
-              resolve(m as { address: string })
-            }
-          }
-          proc.on('message', on)
-        }),
-        once(proc, 'exit').then(([code]) => {
-          throw new Error(`sink ${args.join(' ')} exited (${String(code)}) before it was ready`)
-        }),
-        sleep(20_000).then(() => {
-          throw new Error(`sink ${args.join(' ')} was not ready within 20 s`)
-        }),
-      ])
-      return new Sink(proc, ready.address)
-    } catch (err) {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL')
-      throw err
-    }
-  }
-
-  get pid(): number | undefined {
-    return this.proc.pid
-  }
-
-  mark(): Promise<Mark> {
-    return new Promise((resolve) => {
-      this.#marks.push(resolve)
-      this.proc.send({ type: 'mark' })
-    })
-  }
-
-  /** Stops the process by its PID: SIGTERM, then SIGKILL after 3 s. */
-  async stop(): Promise<void> {
-    if (this.proc.exitCode === null && this.proc.signalCode === null) this.#stopping = true
-    await stopByPid(this.proc)
-  }
+/** Starts a sink (`args`: transport and address) and waits for its `ready`, which names the address it listens on. */
+async function startSink(args: string[]): Promise<Sink> {
+  const proc = fork(SINK, args, {
+    cwd: root,
+    execArgv: [...TS_LOADER, ...SINK_NODE_ARGS],
+    env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  })
+  // a mark still pending when the sink dies resolves with NaNs (the figure is then NaN, not a hang)
+  const child = new MarkedChild<Mark>('sink', proc, log, { msgs: NaN, bytes: NaN, t: NaN, drops: NaN })
+  const { address } = await waitReady<{ address: string }>(proc, `sink ${args.join(' ')}`)
+  return Object.assign(child, { address })
 }
 
 // ------------------------------------------------------------------ senders (in this process)
@@ -330,10 +251,10 @@ async function runTransport(kind: Kind): Promise<Record<string, Throughput>> {
       ptyDir = mkdtempSync(join(os.tmpdir(), 'tl-bench-pty-'))
       tempDirs.add(ptyDir)
       pty = await ptyPair(ptyDir)
-      track(pty.proc)
-      sink = await Sink.start(['serial', pty.a, ...(SERIAL_MTU !== undefined ? [String(SERIAL_MTU)] : [])])
+      trackChild(pty.proc, log)
+      sink = await startSink(['serial', pty.a, ...(SERIAL_MTU !== undefined ? [String(SERIAL_MTU)] : [])])
     } else {
-      sink = await Sink.start([kind, '127.0.0.1:0'])
+      sink = await startSink([kind, '127.0.0.1:0'])
     }
     for (const size of sizesOf(kind)) {
       const s = sink

@@ -13,24 +13,17 @@
 import { Node, parseRoute } from '../../src/router/index.ts'
 import { RelayClient, startEcho } from '../../src/services/index.ts'
 import { TcpTransport } from '../../src/transports/index.ts'
+import { send, serveCountingSink } from './tl-counting-sink.ts'
 
 const [mode, relayAt, relayName] = process.argv.slice(2)
-const send = (m: object): void => void process.send?.(m)
 
 const node = await new Node({ name: 'sink' }).start()
 const tcp = new TcpTransport(node)
 node.addTransport(tcp)
-let msgs = 0
-let bytes = 0
-node.startWorker('sink', {
-  handleMessage(_ctx, msg) {
-    msgs++
-    bytes += msg.payload.length
-  },
-})
+let client: RelayClient | undefined
+serveCountingSink(node, () => client?.stop())
 startEcho(node)
 
-let client: RelayClient | undefined
 if (mode === 'listen') {
   const l = await tcp.listen('127.0.0.1:0', { allow: ['sink', 'echo'] })
   send({ type: 'ready', address: l.address })
@@ -43,16 +36,3 @@ if (mode === 'listen') {
   process.stderr.write('usage: tl-sink.ts listen | relay HOST:PORT NAME\n')
   process.exit(2)
 }
-
-async function stop(): Promise<void> {
-  client?.stop()
-  await node.stop()
-  process.exit(0)
-}
-
-process.on('message', (m: { type?: string }) => {
-  if (m?.type === 'mark') send({ type: 'mark', msgs, bytes, t: performance.now(), drops: node.dropCount() })
-  else if (m?.type === 'stop') void stop()
-})
-process.on('disconnect', () => void stop())
-process.on('SIGTERM', () => void stop()) // a clean exit (lets --cpu-prof write its profile)

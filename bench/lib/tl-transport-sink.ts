@@ -12,19 +12,12 @@
  * `{ type: 'stop' }`, on disconnect and on SIGTERM (a clean exit, so that --cpu-prof writes its profile).
  */
 import { Node } from '../../src/router/index.ts'
+import { send, serveCountingSink } from './tl-counting-sink.ts'
 
 const [kind, where, mtuArg] = process.argv.slice(2)
-const send = (m: object): void => void process.send?.(m)
 
 const node = await new Node({ name: 'sink' }).start()
-let msgs = 0
-let bytes = 0
-node.startWorker('sink', {
-  handleMessage(_ctx, msg) {
-    msgs++
-    bytes += msg.payload.length
-  },
-})
+serveCountingSink(node)
 
 // each transport's own module, loaded when used (a sink of one transport needs none of the others)
 let address: string
@@ -48,18 +41,3 @@ if (kind === 'tcp' && where !== undefined) {
   process.exit(2)
 }
 send({ type: 'ready', address })
-
-let stopping = false
-async function stop(): Promise<void> {
-  if (stopping) return
-  stopping = true
-  await node.stop()
-  process.exit(0)
-}
-
-process.on('message', (m: { type?: string }) => {
-  if (m?.type === 'mark') send({ type: 'mark', msgs, bytes, t: performance.now(), drops: node.dropCount() })
-  else if (m?.type === 'stop') void stop()
-})
-process.on('disconnect', () => void stop())
-process.on('SIGTERM', () => void stop())

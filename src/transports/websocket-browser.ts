@@ -28,6 +28,7 @@ import type { Node } from '../router/node.ts'
 import { checkHostPort } from '../router/route.ts'
 import { BaseTransport } from './base.ts'
 import type { Link, TransportOptions } from './types.ts'
+import { WS_CLOSE, wsCloseCodeFor } from './ws-close.ts'
 
 /** A message event of the WebSocket API. */
 export interface BrowserMessageEvent {
@@ -73,36 +74,13 @@ export interface BrowserWebSocketTransportOptions extends TransportOptions {
 }
 
 const OPEN = 1
-const CLOSE_NORMAL = 1000
+const CLOSE_NORMAL = WS_CLOSE.NORMAL
 /** Error closes use 3000 + the RFC 6455 code (browsers may send only 1000 and 3000-4999): 4002, 4009... */
 const APP_CLOSE_OFFSET = 3000
 const EMPTY = new Uint8Array(0)
 
 const WSS_PREFIX = 'wss:'
 
-/** The RFC 6455 close code for an error (the Node transport sends these as they are). */
-function rfcCloseCode(error: ThroughlineError): number {
-  switch (error.code) {
-    case 'ERR_FRAME_TOO_LARGE':
-      return 1009
-    case 'ERR_WS_PROTOCOL':
-    case 'ERR_MALFORMED_ENVELOPE':
-    case 'ERR_HEADER_TOO_LARGE':
-    case 'ERR_ROUTE_TOO_LONG':
-    case 'ERR_ROUTE_EMPTY':
-    case 'ERR_ADDRESS_SYNTAX':
-    case 'ERR_UNSUPPORTED_VERSION':
-      return 1002
-    case 'ERR_IDLE_TIMEOUT':
-    case 'ERR_STOPPED':
-      return 1001
-    case 'ERR_CONNECTION_REFUSED':
-    case 'ERR_ACCESS_DENIED':
-      return 1008
-    default:
-      return 1011
-  }
-}
 
 function closeError(ev: BrowserCloseEvent, remote: string): ThroughlineError | undefined {
   const { code, reason } = ev
@@ -233,7 +211,7 @@ export class BrowserWebSocketLink implements Link {
   }
 
   close(error?: ThroughlineError): void {
-    this.#closeWith(error, error === undefined ? CLOSE_NORMAL : rfcCloseCode(error))
+    this.#closeWith(error, error === undefined ? CLOSE_NORMAL : wsCloseCodeFor(error))
   }
 
   #closeWith(error: ThroughlineError | undefined, rfcCode: number): void {

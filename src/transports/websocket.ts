@@ -37,6 +37,7 @@ import type { Node } from '../router/node.ts'
 import { checkHostPort, splitHostPort } from '../router/route.ts'
 import { BaseTransport, type Listener } from './base.ts'
 import type { Link, ListenOptions, TransportOptions } from './types.ts'
+import { WS_CLOSE, wsCloseCodeFor } from './ws-close.ts'
 
 /** `bufferedAmount` (bytes) over which `writeFrame` returns false. */
 export const WS_HIGH_WATER_MARK = 1024 * 1024
@@ -119,42 +120,7 @@ interface WsSenderState {
   _bufferedBytes?: number
 }
 
-/** WebSocket close codes (RFC 6455 §7.4.1). */
-export const WS_CLOSE = {
-  NORMAL: 1000,
-  GOING_AWAY: 1001,
-  PROTOCOL_ERROR: 1002,
-  UNSUPPORTED_DATA: 1003,
-  NO_STATUS: 1005,
-  ABNORMAL: 1006,
-  POLICY_VIOLATION: 1008,
-  MESSAGE_TOO_BIG: 1009,
-  INTERNAL_ERROR: 1011,
-} as const
-
-/** The close code that tells the peer why we close with `error`. */
-export function wsCloseCodeFor(error: ThroughlineError): number {
-  switch (error.code) {
-    case 'ERR_FRAME_TOO_LARGE':
-      return WS_CLOSE.MESSAGE_TOO_BIG
-    case 'ERR_WS_PROTOCOL':
-    case 'ERR_MALFORMED_ENVELOPE':
-    case 'ERR_HEADER_TOO_LARGE':
-    case 'ERR_ROUTE_TOO_LONG':
-    case 'ERR_ROUTE_EMPTY':
-    case 'ERR_ADDRESS_SYNTAX':
-    case 'ERR_UNSUPPORTED_VERSION':
-      return WS_CLOSE.PROTOCOL_ERROR
-    case 'ERR_IDLE_TIMEOUT':
-    case 'ERR_STOPPED':
-      return WS_CLOSE.GOING_AWAY
-    case 'ERR_CONNECTION_REFUSED':
-    case 'ERR_ACCESS_DENIED':
-      return WS_CLOSE.POLICY_VIOLATION
-    default:
-      return WS_CLOSE.INTERNAL_ERROR
-  }
-}
+export { WS_CLOSE, wsCloseCodeFor } from './ws-close.ts'
 
 /** The error (if any) a close code received from the peer means. Clean closes have none. */
 export function wsCloseError(code: number, reason: string, remote: string): ThroughlineError | undefined {

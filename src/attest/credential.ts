@@ -76,6 +76,16 @@ function trimBits(buf: Uint8Array, bits: number): Uint8Array {
   return out
 }
 
+/** The first `bits` bits of `block(1) ‖ block(2) ‖ …`, each block one `hashAlg` output (KDFa and KDFe). */
+function counterMode(hashAlg: number, bits: number, block: (hashName: string, i: number) => Uint8Array): Uint8Array {
+  const h = hashInfo(hashAlg)
+  checkBits(bits)
+  const bytes = Math.ceil(bits / 8)
+  const out = new Uint8Array(Math.ceil(bytes / h.size) * h.size)
+  for (let i = 1, off = 0; off < bytes; i++, off += h.size) out.set(block(h.name, i), off)
+  return trimBits(out, bits)
+}
+
 /**
  * KDFa (TPM 2.0 Part 1 §11.4.10.2, SP 800-108 counter mode, HMAC PRF):
  * `K(i) = HMAC_hash(key, u32 i ‖ label ‖ 0x00 ‖ contextU ‖ contextV ‖ u32 bits)`, i = 1, 2, …;
@@ -89,16 +99,8 @@ export function kdfa(
   contextV: Uint8Array,
   bits: number,
 ): Uint8Array {
-  const h = hashInfo(hashAlg)
-  checkBits(bits)
-  const bytes = Math.ceil(bits / 8)
   const l = labelBytes(label)
-  const out = new Uint8Array(Math.ceil(bytes / h.size) * h.size)
-  for (let i = 1, off = 0; off < bytes; i++, off += h.size) {
-    const k = createHmac(h.name, key).update(u32(i)).update(l).update(contextU).update(contextV).update(u32(bits)).digest()
-    out.set(k, off)
-  }
-  return trimBits(out, bits)
+  return counterMode(hashAlg, bits, (name, i) => createHmac(name, key).update(u32(i)).update(l).update(contextU).update(contextV).update(u32(bits)).digest())
 }
 
 /**
@@ -115,15 +117,8 @@ export function kdfe(
   partyVInfo: Uint8Array,
   bits: number,
 ): Uint8Array {
-  const h = hashInfo(hashAlg)
-  checkBits(bits)
-  const bytes = Math.ceil(bits / 8)
   const l = labelBytes(label)
-  const out = new Uint8Array(Math.ceil(bytes / h.size) * h.size)
-  for (let i = 1, off = 0; off < bytes; i++, off += h.size) {
-    out.set(createHash(h.name).update(u32(i)).update(z).update(l).update(partyUInfo).update(partyVInfo).digest(), off)
-  }
-  return trimBits(out, bits)
+  return counterMode(hashAlg, bits, (name, i) => createHash(name).update(u32(i)).update(z).update(l).update(partyUInfo).update(partyVInfo).digest())
 }
 
 /** What {@link makeCredential} needs of the EK. */

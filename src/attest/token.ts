@@ -166,6 +166,18 @@ function payloadToResult(p: Record<string, unknown>): AttestationResult {
 }
 
 /**
+ * The result a token carries, checked for shape but NOT for its signature: for the holder of a
+ * passport, which needs its own token's iat/exp to know when to refresh it. Relying parties use
+ * {@link verifyResultToken}.
+ */
+export function readResultToken(token: string): AttestationResult {
+  if (typeof token !== 'string' || token.length > MAX_TOKEN_BYTES) bad(`not a string of at most ${MAX_TOKEN_BYTES} bytes`)
+  const parts = token.split('.')
+  if (parts.length !== 3) bad('not a JWS compact serialization (three base64url parts)')
+  return payloadToResult(parseJson(parts[1]!, 'payload'))
+}
+
+/**
  * Verifies a result token against trusted verifier keys (`kid` → Ed25519 public key) at `now`
  * (ms), tolerating `maxSkewMs` on iat and exp. Returns the result (see the module note for errors).
  */

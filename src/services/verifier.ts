@@ -46,7 +46,7 @@ import { pack, unpack } from 'msgpackr'
 import { checkEvidence } from '../attest/evidence.ts'
 import { ekPointOf, secretMatches, startEnrolment } from '../attest/enrol.ts'
 import { spkiKeyId } from '../attest/keys.ts'
-import { signResult, verifyResultToken, type ResultSigner } from '../attest/token.ts'
+import { readResultToken, signResult, verifyResultToken, type ResultSigner } from '../attest/token.ts'
 import type { AttestationResult } from '../attest/types.ts'
 import type { AppraisalPolicy, Verifier } from '../attest/verifier.ts'
 import type { AppraisalRequest, EvidenceAppraiser, PassportSource } from '../channel/attestation.ts'
@@ -514,10 +514,10 @@ export class PassportClient implements PassportSource {
     const route = await deadline(timeout, signal, async () => (typeof this.options.route === 'function' ? this.options.route() : this.options.route))
     const r = await verifierRequest(this.node, route, { op: 'passport' }, Math.max(1, timeout - (this.node.now() - started)), signal)
     if (typeof r['token'] !== 'string') throw tlError('ERR_ATTEST_PROVER_FAILED', 'the verifier service sent no passport')
-    const payload = JSON.parse(Buffer.from(r['token'].split('.')[1] ?? '', 'base64url').toString('utf8')) as { iat?: number; exp?: number }
+    const payload = readResultToken(r['token'])
     this.#token = r['token']
-    this.#iat = Number(payload.iat ?? 0)
-    this.#exp = Number(payload.exp ?? 0)
+    this.#iat = payload.iat
+    this.#exp = payload.exp
     return r['token']
   }
 }

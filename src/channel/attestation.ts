@@ -24,6 +24,7 @@ import { verifyResultToken } from '../attest/token.ts'
 import { type LogCursor, newLogCursor, resultAttributes } from '../attest/verifier.ts'
 import type { AttestSuite, AttestationResult, Attester, Evidence } from '../attest/types.ts'
 import { ATTEST_SUITES } from '../attest/types.ts'
+import { withDeadline } from '../deadline.ts'
 import { type ErrorCode, tlError, type ThroughlineError, isThroughlineError } from '../errors.ts'
 import { CLOSE_CAUSE, type CloseCause } from './messages.ts'
 
@@ -196,24 +197,9 @@ function pick(wanted: readonly AttestSuite[], offered: readonly AttestSuite[]): 
   return wanted.find((s) => offered.includes(s))
 }
 
-/** Bounds a promise by `ms`, aborting `controller` at the deadline. */
-async function within<T>(ms: number, what: string, code: ErrorCode, run: (signal: AbortSignal) => Promise<T>, outer?: AbortSignal): Promise<T> {
-  const controller = new AbortController()
-  const onOuter = (): void => controller.abort(outer?.reason)
-  outer?.addEventListener('abort', onOuter, { once: true })
-  let timer: NodeJS.Timeout | undefined
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      controller.abort()
-      reject(tlError(code, `${what} did not complete within ${ms} ms`, { details: { timeoutMs: ms } }))
-    }, ms)
-  })
-  try {
-    return await Promise.race([run(controller.signal), deadline])
-  } finally {
-    clearTimeout(timer)
-    outer?.removeEventListener('abort', onOuter)
-  }
+/** Bounds `run` by `ms`: the deadline aborts its signal and rejects with `code`. */
+function within<T>(ms: number, what: string, code: ErrorCode, run: (signal: AbortSignal) => Promise<T>, outer?: AbortSignal): Promise<T> {
+  return withDeadline(ms, () => tlError(code, `${what} did not complete within ${ms} ms`, { details: { timeoutMs: ms } }), run, outer)
 }
 
 interface PendingRound {

@@ -52,6 +52,7 @@ import type { AppraisalPolicy, Verifier } from '../attest/verifier.ts'
 import type { AppraisalRequest, EvidenceAppraiser, PassportSource } from '../channel/attestation.ts'
 import type { SecureChannel, SecureListener } from '../channel/secure-channel.ts'
 import { DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_RENEWAL_THRESHOLD } from '../attest/constants.ts'
+import { withDeadline } from '../deadline.ts'
 import { type ErrorCode, isThroughlineError, tlError } from '../errors.ts'
 import type { Message } from '../router/message.ts'
 import type { Node, WorkerContext } from '../router/node.ts'
@@ -454,26 +455,17 @@ export class RemoteVerifier implements EvidenceAppraiser {
   }
 }
 
-/** Runs `f`, failing with ERR_VERIFIER_UNAVAILABLE after `ms` (or ERR_ABORTED on `signal`). */
-async function deadline<T>(ms: number, signal: AbortSignal | undefined, f: () => Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  let onAbort: (() => void) | undefined
-  const stop = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(tlError('ERR_VERIFIER_UNAVAILABLE', `the verifier service could not be reached within ${ms} ms`)), ms)
-    onAbort = () => reject(tlError('ERR_ABORTED', 'aborted while reaching the verifier service'))
-    signal?.addEventListener('abort', onAbort, { once: true })
-  })
-  try {
-    return await Promise.race([
+/** Runs `f`, failing with ERR_VERIFIER_UNAVAILABLE after `ms` or when it fails (ERR_ABORTED on `signal`). */
+function deadline<T>(ms: number, signal: AbortSignal | undefined, f: () => Promise<T>): Promise<T> {
+  return withDeadline(
+    ms,
+    () => tlError('ERR_VERIFIER_UNAVAILABLE', `the verifier service could not be reached within ${ms} ms`),
+    () =>
       f().catch((err: unknown) => {
         throw isThroughlineError(err, 'ERR_VERIFIER_UNAVAILABLE') ? err : tlError('ERR_VERIFIER_UNAVAILABLE', `cannot reach the verifier service: ${err instanceof Error ? err.message : String(err)}`, { cause: err })
       }),
-      stop,
-    ])
-  } finally {
-    clearTimeout(timer)
-    if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort)
-  }
+    signal,
+  )
 }
 
 export interface PassportClientOptions {

@@ -21,7 +21,7 @@ import { deriveHandle, mintContext, roundHashPoint } from '../attest/handle.ts'
 import { DEFAULT_ATTEST_TIMEOUT_MS, DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_RENEWAL_THRESHOLD } from '../attest/constants.ts'
 import { checkEvidence, unpackChecked } from '../attest/evidence.ts'
 import { verifyResultToken } from '../attest/token.ts'
-import { type LogCursor, newLogCursor, resultAttributes } from '../attest/verifier.ts'
+import { type LogCursor, newLogCursor } from '../attest/verifier.ts'
 import type { AttestSuite, AttestationResult, Attester, Evidence } from '../attest/types.ts'
 import { ATTEST_SUITES } from '../attest/types.ts'
 import { withDeadline } from '../deadline.ts'
@@ -308,11 +308,6 @@ export class ChannelAttestation {
     return out
   }
 
-  /** Responder: what payload 3 said (the initiator's own requirements were in payload 2). */
-  noteInitiatorGate(p: AttestPayload): boolean {
-    return p.gate
-  }
-
   /** Prover side (initiator): payload 2 says what the responder wants of us. */
   onPeerRequirements(p: AttestPayload): void {
     this.#peerExpected = p.expected
@@ -438,12 +433,6 @@ export class ChannelAttestation {
     } catch (err) {
       if (this.#round === round) this.#finishRound(asAttestError(err, 'ERR_ATTEST_VERIFIER_FAILED'))
     }
-  }
-
-  /** Prover: the outcome of a round on our evidence (informational). */
-  onResult(body: unknown): AttestationResult['status'] | undefined {
-    const r = body as { status?: unknown } | null
-    return typeof r?.status === 'string' ? (r.status as AttestationResult['status']) : undefined
   }
 
   #finishRound(outcome: AttestationResult | ThroughlineError): void {
@@ -577,5 +566,3 @@ function asAttestError(err: unknown, fallback: ErrorCode): ThroughlineError {
 export function decodeRound(body: Uint8Array): unknown {
   return unpackChecked(body, 96 * 1024, 'attestation round message')
 }
-
-export { resultAttributes }

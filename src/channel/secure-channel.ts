@@ -48,7 +48,8 @@ import {
   MSG,
   PROLOGUE,
 } from './messages.ts'
-import { type AttestationHost, type AttestationOptions, ChannelAttestation, causeOf, checkAttestationOptions, codeOfCause, decodeRound, parseAttestPayload, resultAttributes } from './attestation.ts'
+import { type AttestationHost, type AttestationOptions, ChannelAttestation, causeOf, checkAttestationOptions, codeOfCause, decodeRound, parseAttestPayload } from './attestation.ts'
+import { resultAttributes } from '../attest/verifier.ts'
 import type { AttestationResult } from '../attest/types.ts'
 import { createHandshake, generateKeyPair, type Handshake } from './noise.ts'
 import { Session } from './session.ts'
@@ -555,8 +556,9 @@ export class SecureChannel extends EventEmitter {
       this.#reject(asError(err), msg)
       return
     }
-    const run =
-      kind === KIND.ATTEST_REQUEST ? this.#attest.onRequest(decoded) : kind === KIND.ATTEST_EVIDENCE ? this.#attest.onEvidence(decoded) : Promise.resolve(this.#attest.onResult(decoded))
+    // ATTEST_RESULT only tells the prover how its evidence fared: nothing to do with it here
+    if (kind === KIND.ATTEST_RESULT) return
+    const run = kind === KIND.ATTEST_REQUEST ? this.#attest.onRequest(decoded) : this.#attest.onEvidence(decoded)
     run.catch((err: unknown) => this.#reject(asError(err), msg))
   }
 

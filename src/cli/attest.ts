@@ -346,7 +346,7 @@ export interface StoredAk {
 }
 
 /** The JSON in `path` (undefined when the file does not exist); ERR_INVALID_ARGUMENT names `what` when it is not JSON. */
-async function readJsonIfExists(path: string, what: string): Promise<unknown> {
+export async function readJsonIfExists(path: string, what: string): Promise<unknown> {
   const text = await readIfExists(path)
   if (text === undefined) return undefined
   try {

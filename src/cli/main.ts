@@ -72,6 +72,7 @@ import {
   platformReferenceSet,
   readEkFile,
   readReferenceValues,
+  readJsonIfExists,
   readStoredAks,
   readStoredEks,
   relyingPartyOptions,
@@ -616,7 +617,8 @@ async function verifierStart(args: readonly string[], io: CliIO): Promise<number
     const attested = await channels.listen('secure-attested', { allow: ['verifier'], attestation: { require, verifier } })
     // So does a policy an admin set.
     const storedPolicy = join(home, 'verifier-policy.json')
-    if (existsSync(storedPolicy)) verifier.setPolicy(checkPolicy(JSON.parse(await readFile(storedPolicy, 'utf8'))))
+    const policy = await readJsonIfExists(storedPolicy, 'the stored policy')
+    if (policy !== undefined) verifier.setPolicy(checkPolicy(policy))
     new VerifierService(node, {
       verifier,
       signer,

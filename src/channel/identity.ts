@@ -13,7 +13,8 @@
  * @module
  */
 import { createHash, createPrivateKey, createPublicKey, randomBytes, sign as nodeSign, verify as nodeVerify, type KeyObject } from 'node:crypto'
-import { link, mkdir, open, readFile, unlink } from 'node:fs/promises'
+import { mkdir, readFile } from 'node:fs/promises'
+import { writeFileExclusive } from '../atomic-file.ts'
 import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { pack } from 'msgpackr'
@@ -189,22 +190,11 @@ export class IdentityStore {
       secretKey: Buffer.from(id.exportSecretKey()).toString('base64'),
     }
     await mkdir(this.dir, { recursive: true, mode: 0o700 })
-    const tmp = `${path}.${process.pid}.tmp`
-    const fh = await open(tmp, 'wx', 0o600)
     try {
-      await fh.writeFile(JSON.stringify(body, null, 2) + '\n')
-      await fh.sync()
-    } finally {
-      await fh.close()
-    }
-    try {
-      // link() fails with EEXIST if the name exists: create-if-absent without a race
-      await link(tmp, path)
+      await writeFileExclusive(path, JSON.stringify(body, null, 2) + '\n')
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw tlError('ERR_IDENTITY_EXISTS', `identity "${name}" exists already (${path})`)
       throw err
-    } finally {
-      await unlink(tmp).catch(() => {})
     }
     return id
   }

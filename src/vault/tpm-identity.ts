@@ -18,7 +18,8 @@
  *
  * @module
  */
-import { access, mkdir, open, link, readFile, unlink } from 'node:fs/promises'
+import { access, mkdir, readFile } from 'node:fs/promises'
+import { writeFileExclusive } from '../atomic-file.ts'
 import { join, resolve } from 'node:path'
 import { tlError, isThroughlineError } from '../errors.ts'
 import { defaultHome, identifierOf } from '../channel/identity.ts'
@@ -91,7 +92,7 @@ export class TpmIdentityStore {
         vault: { dir: join('vaults', name), endpoint, handle },
       }
       try {
-        await writeExclusive(path, JSON.stringify(record, null, 2) + '\n')
+        await writeFileExclusive(path, JSON.stringify(record, null, 2) + '\n')
       } catch (err) {
         await vault.deleteKey(handle).catch(() => {})
         if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw tlError('ERR_IDENTITY_EXISTS', `identity "${name}" exists already (${path})`)
@@ -175,22 +176,5 @@ export class TpmIdentityStore {
       if (isThroughlineError(err, 'ERR_VAULT_KEY_NOT_FOUND')) throw tlError('ERR_IDENTITY_INVALID', `identity "${name}": its key ${record.vault.handle} is not in the vault`, { cause: err })
       throw err
     }
-  }
-}
-
-/** Writes `text` to `path` only if absent: temp file (0600), fsync, link (EEXIST when taken). */
-async function writeExclusive(path: string, text: string): Promise<void> {
-  const tmp = `${path}.${process.pid}.tmp`
-  const fh = await open(tmp, 'wx', 0o600)
-  try {
-    await fh.writeFile(text)
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-  try {
-    await link(tmp, path)
-  } finally {
-    await unlink(tmp).catch(() => {})
   }
 }

@@ -26,11 +26,12 @@
  * @module
  */
 import { createPrivateKey, createPublicKey, randomBytes, type KeyObject } from 'node:crypto'
-import { mkdir, open, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readFile } from 'node:fs/promises'
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path'
 import { ReferenceValues, Verifier, type AppraisalPolicy, type ReferenceValueSet } from '../attest/verifier.ts'
 import { SimAttester, SimPlatform, SimRoot } from '../attest/sim.ts'
 import { type BootRecipe, SIM_PLATFORM_BOOT } from '../attest/tpm2.ts'
+import { writeFileAtomic, writeFileExclusive } from '../atomic-file.ts'
 import type { AttestSuite, AttestationResult, Attester, TrustVector } from '../attest/types.ts'
 import type { AppraisalRequest, AttestationOptions, EvidenceAppraiser } from '../channel/attestation.ts'
 import { resolveRoute, type ResolvedRoute } from '../channel/resolve.ts'
@@ -69,27 +70,21 @@ async function readIfExists(path: string): Promise<string | undefined> {
 /** Writes `text` to `path` only if it does not exist; false when it did (another process won). */
 async function writeNew(path: string, text: string, mode: number): Promise<boolean> {
   await mkdir(dirname(path), { recursive: true, mode: 0o700 })
-  let fh
   try {
-    fh = await open(path, 'wx', mode)
+    // complete before it appears: a process that loses the race reads a whole file, never a torn one
+    await writeFileExclusive(path, text, mode)
+    return true
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false
     throw err
   }
-  try {
-    await fh.writeFile(text)
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-  return true
 }
 
 /** Writes a public file unless it already holds `text`. */
 async function writePublic(path: string, text: string): Promise<void> {
   if ((await readIfExists(path)) === text) return
   await mkdir(dirname(path), { recursive: true, mode: 0o700 })
-  await writeFile(path, text, { mode: 0o644 })
+  await writeFileAtomic(path, text, 0o644)
 }
 
 function spkiPem(spki: Uint8Array): string {
@@ -279,7 +274,7 @@ export async function openProver(kind: 'sim' | 'tpm2', home: string, f: ProverFl
     }
     if (attester.akHandle !== known) {
       const body: Tpm2File = { version: 1, endpoint, vault: vaultText, ak: attester.akHandle }
-      await writeFile(filePath, JSON.stringify(body, null, 1) + '\n', { mode: 0o600 })
+      await writeFileAtomic(filePath, JSON.stringify(body, null, 1) + '\n')
     }
     const pubPath = join(attestDir(home), 'tpm2-ak.pub.pem')
     await writePublic(pubPath, spkiPem(await attester.akPublicSpki()))

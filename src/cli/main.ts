@@ -731,17 +731,7 @@ async function runAdmin(
     close = loaded.close
     const channels = new SecureChannels(node, { identity: loaded.identity })
     const { route } = await resolveRoute(values.to!, channels, { trust, handshakeTimeout: timeout, signal: io.signal ?? AbortSignal.timeout(timeout) })
-    const ask = async (req: Record<string, unknown>): Promise<Record<string, unknown>> => {
-      try {
-        return await verifierRequest(node, route, req, timeout)
-      } catch (err) {
-        // "the verifier service refused: ERR_X text" → "ERR_X: the verifier service refused: text"
-        if (isThroughlineError(err) && err.details?.['remoteCode'] === err.code) {
-          throw new ThroughlineError(err.code, err.message.replace(/^ERR_[A-Z_]+: /, '').replace(`refused: ${err.code} `, 'refused: '), { cause: err })
-        }
-        throw err
-      }
-    }
+    const ask = (req: Record<string, unknown>): Promise<Record<string, unknown>> => verifierRequest(node, route, req, timeout)
     for (const req of typeof requests === 'function' ? await requests(ask) : requests) onReply(req, await ask(req))
     return EXIT.OK
   } finally {

@@ -394,7 +394,9 @@ export async function verifierRequest(node: Node, route: Route, request: Record<
     const code = remote === 'ERR_VERIFIER_DENIED' || remote === 'ERR_ATTEST_ENROL_FAILED' ? remote : 'ERR_ATTEST_VERIFIER_FAILED'
     // an enrolment refusal keeps the service's reason (ek_not_allowed, secret_mismatch, ...)
     const reason = code === 'ERR_ATTEST_ENROL_FAILED' && typeof r?.['reason'] === 'string' ? r['reason'] : 'verifier_refused'
-    throw tlError(code, `the verifier service refused: ${String(remote ?? '')} ${String(r?.['message'] ?? '')}`.trim(), { details: { reason, remoteCode: remote } })
+    // the remote code is named in the text only when it is not the error's own code
+    const named = remote === code ? '' : `${String(remote ?? '')} `
+    throw tlError(code, `the verifier service refused: ${named}${String(r?.['message'] ?? '')}`.trim(), { details: { reason, remoteCode: remote } })
   }
   return r
 }

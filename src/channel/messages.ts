@@ -108,27 +108,32 @@ export function frame(type: number, body: Uint8Array): Uint8Array {
   return out
 }
 
+/** Longest detail an ABORT (clear text: a reason code) and a CLOSE (encrypted, readable) carry. */
+const ABORT_DETAIL_MAX = 64
+const CLOSE_DETAIL_MAX = 512
+
 export function encodeAbort(cause: CloseCause, detail = ''): Uint8Array {
-  return frame(MSG.ABORT, pack(detail === '' ? { cause } : { cause, detail: detail.slice(0, 64) }))
+  return frame(MSG.ABORT, pack(detail === '' ? { cause } : { cause, detail: detail.slice(0, ABORT_DETAIL_MAX) }))
 }
 
 export function decodeAbort(body: Uint8Array): { cause: CloseCause; detail: string } {
-  const p = safeUnpack(body, 'abort') as { cause?: unknown; detail?: unknown } | null
-  return {
-    cause: typeof p?.cause === 'string' ? p.cause.slice(0, 64) : CLOSE_CAUSE.PROTOCOL_ERROR,
-    detail: typeof p?.detail === 'string' ? p.detail.slice(0, 64) : '',
-  }
+  return decodeCause(body, 'abort', ABORT_DETAIL_MAX)
 }
 
 export function encodeClose(cause: CloseCause, detail: string): Uint8Array {
-  return pack({ cause, detail: detail.slice(0, 512) })
+  return pack({ cause, detail: detail.slice(0, CLOSE_DETAIL_MAX) })
 }
 
 export function decodeClose(body: Uint8Array): { cause: CloseCause; detail: string } {
-  const p = safeUnpack(body, 'close') as { cause?: unknown; detail?: unknown } | null
+  return decodeCause(body, 'close', CLOSE_DETAIL_MAX)
+}
+
+/** `{ cause, detail }` of an ABORT or CLOSE body, each cut to its limit; a missing cause is PROTOCOL_ERROR. */
+function decodeCause(body: Uint8Array, what: string, maxDetail: number): { cause: CloseCause; detail: string } {
+  const p = safeUnpack(body, what) as { cause?: unknown; detail?: unknown } | null
   return {
     cause: typeof p?.cause === 'string' ? p.cause.slice(0, 64) : CLOSE_CAUSE.PROTOCOL_ERROR,
-    detail: typeof p?.detail === 'string' ? p.detail.slice(0, 512) : '',
+    detail: typeof p?.detail === 'string' ? p.detail.slice(0, maxDetail) : '',
   }
 }
 

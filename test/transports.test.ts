@@ -45,18 +45,19 @@ t.test('frame decoder: hex literals, split at every offset', async (t) => {
   for (let cut = 0; cut <= stream.length; cut++) {
     const d = new FrameDecoder(1024)
     const got: string[] = []
-    d.push(stream.subarray(0, cut), (f) => got.push(Buffer.from(f).toString()))
-    d.push(stream.subarray(cut), (f) => got.push(Buffer.from(f).toString()))
+    d.push(stream.subarray(0, cut), (b, s, e) => got.push(b.subarray(s, e).toString()))
+    d.push(stream.subarray(cut), (b, s, e) => got.push(b.subarray(s, e).toString()))
     t.same(got, expected, `split at ${cut}`)
   }
   const d = new FrameDecoder(1024)
   const got: string[] = []
-  for (const b of stream) d.push(Buffer.from([b]), (f) => got.push(Buffer.from(f).toString()))
+  for (const b of stream) d.push(Buffer.from([b]), (buf, s, e) => got.push(buf.subarray(s, e).toString()))
   t.same(got, expected, 'one byte at a time')
-  // a frame inside one chunk is a view, not a copy
-  const views: Uint8Array[] = []
-  new FrameDecoder(1024).push(stream, (f) => views.push(f))
-  t.equal(views[0]!.buffer, stream.buffer, 'zero-copy when contiguous')
+  // a frame inside one chunk is passed as its range of the chunk: no copy, not even a view
+  const ranges: [Buffer, number, number][] = []
+  new FrameDecoder(1024).push(stream, (b, s, e) => ranges.push([b, s, e]))
+  t.equal(ranges[0]![0], stream, 'zero-copy when contiguous')
+  t.same(ranges.map(([, s, e]) => [s, e]), [[5, 8], [0, 0], [16, 17]], 'each frame’s range of the chunk (a heartbeat: an empty one)')
   t.throws(() => new FrameDecoder(1024).push(hex('02'), () => {}), { code: 'ERR_UNSUPPORTED_VERSION' })
   t.throws(() => new FrameDecoder(1024).push(hex('01 00000401'), () => {}), { code: 'ERR_FRAME_TOO_LARGE' }, 'limit checked on the length, before any body arrives')
   const partial = new FrameDecoder(1024)

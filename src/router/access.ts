@@ -22,6 +22,12 @@ export interface FlowControl {
   allows(address: Address): boolean
   /** May messages of this flow be routed on through the node's other transport connections? */
   readonly transit: boolean
+  /**
+   * Optional: a number that changes whenever `allows` or `transit` may answer differently. A flow
+   * with a version lets the node remember a routing decision for its messages (the transit fast
+   * path) until the version changes; a flow without one is asked every time.
+   */
+  readonly version?: number
 }
 
 /**
@@ -30,14 +36,29 @@ export interface FlowControl {
  */
 export class AllowList implements FlowControl {
   readonly id: string
-  transit: boolean
   readonly #exact = new Set<string>()
   readonly #prefixes: string[] = []
+  #transit: boolean
+  #version = 0
 
   constructor(id: string, entries: Iterable<string> = [], options: { transit?: boolean } = {}) {
     this.id = id
-    this.transit = options.transit ?? false
+    this.#transit = options.transit ?? false
     for (const e of entries) this.add(e)
+  }
+
+  get transit(): boolean {
+    return this.#transit
+  }
+
+  set transit(v: boolean) {
+    if (v !== this.#transit) this.#version++
+    this.#transit = v
+  }
+
+  /** Changes with every change of the entries or of `transit`. */
+  get version(): number {
+    return this.#version
   }
 
   /** Allows one more entry. */
@@ -45,6 +66,7 @@ export class AllowList implements FlowControl {
     const text = entry.includes('#') ? entry : `0#${entry}`
     if (text.endsWith('*')) this.#prefixes.push(text.slice(0, -1))
     else this.#exact.add(text)
+    this.#version++
     return this
   }
 
@@ -55,6 +77,7 @@ export class AllowList implements FlowControl {
       const i = this.#prefixes.indexOf(text.slice(0, -1))
       if (i >= 0) this.#prefixes.splice(i, 1)
     } else this.#exact.delete(text)
+    this.#version++
     return this
   }
 

@@ -129,7 +129,8 @@ export function encodeHead(onward: readonly Address[], ret: readonly Address[], 
 
 /**
  * As {@link encodeHead}, for the onward route `onward.slice(start)` without building that array
- * (a connection pops its own address this way).
+ * (a connection pops its own address this way). With a `cache` and no `reserve`, the head returned
+ * may be the cached one itself, shared by every frame of the same routes: it must not be modified.
  */
 export function encodeHeadFrom(onward: readonly Address[], start: number, ret: readonly Address[], reserve = 0, cache?: EncodeCache): Buffer {
   const no = onward.length - start
@@ -137,6 +138,7 @@ export function encodeHeadFrom(onward: readonly Address[], start: number, ret: r
   if (no < 0 || no > 0xffff || nr > 0xffff) return encodeHeadMsgpackr(onward, Math.max(0, start), ret, reserve)
   if (cache !== undefined && cache.bytes !== undefined && sameRoutes(cache, onward, start, ret)) {
     const bytes = cache.bytes
+    if (reserve === 0) return bytes
     const head = Buffer.allocUnsafe(reserve + bytes.length)
     head.set(bytes, reserve)
     return head
@@ -145,7 +147,8 @@ export function encodeHeadFrom(onward: readonly Address[], start: number, ret: r
   if (cache !== undefined && head.length - reserve <= ENCODE_CACHE_BYTES) {
     cache.onward = onward.slice(start)
     cache.return = ret.slice()
-    cache.bytes = new Uint8Array(head.subarray(reserve))
+    // never modified after this (it may be handed out as the head itself)
+    cache.bytes = reserve === 0 ? head : Buffer.from(head.subarray(reserve))
   }
   return head
 }
@@ -158,8 +161,8 @@ export function encodeHeadFrom(onward: readonly Address[], start: number, ret: r
 export interface EncodeCache {
   onward: Address[]
   return: Address[]
-  /** The head after the reserved bytes (version, header length, header). */
-  bytes: Uint8Array | undefined
+  /** The head after the reserved bytes (version, header length, header); never modified. */
+  bytes: Buffer | undefined
 }
 
 const ENCODE_CACHE_BYTES = 512
@@ -331,17 +334,48 @@ export interface DecodeCache {
   limits: CodecLimits | undefined
   onward: Address[]
   return: Address[]
+  /** Counts the headers the cache has held: a new value means a new header. */
+  generation: number
+  /** Did the last decode through this cache find its header already there? */
+  lastHit: boolean
 }
 
 const DECODE_CACHE_BYTES = 512
 
-/** `frame.subarray(start)`: the same view, made by Buffer.from for a Buffer (half the cost). */
+/** `buf.subarray(start, end)`: the same view, made by Buffer.from for a Buffer (half the cost). */
+export function byteView(buf: Uint8Array, start: number, end: number): Uint8Array {
+  return buf instanceof Buffer ? Buffer.from(buf.buffer, buf.byteOffset + start, end - start) : buf.subarray(start, end)
+}
+
 function tail(frame: Uint8Array, start: number): Uint8Array {
-  return frame instanceof Buffer ? Buffer.from(frame.buffer, frame.byteOffset + start, frame.length - start) : frame.subarray(start)
+  return byteView(frame, start, frame.length)
 }
 
 export function createDecodeCache(): DecodeCache {
-  return { bytes: new Uint8Array(DECODE_CACHE_BYTES), length: -1, limits: undefined, onward: [], return: [] }
+  return { bytes: new Uint8Array(DECODE_CACHE_BYTES), length: -1, limits: undefined, onward: [], return: [], generation: 0, lastHit: false }
+}
+
+/**
+ * Where the payload of the envelope `buf[start, end)` starts (an offset into `buf`), when its
+ * header is the one in `cache` (checked against the same limits); else -1. Allocates nothing: a
+ * connection's fast path recognises a stream's repeated header with it.
+ */
+export function cachedPayloadOffset(buf: Uint8Array, start: number, end: number, limits: CodecLimits, cache: DecodeCache): number {
+  const hlen = cache.length
+  if (hlen < 0 || cache.limits !== limits) return -1
+  if (end - start < 2 || buf[start] !== ENVELOPE_VERSION) return -1
+  let p = start + 1
+  let v = 0
+  let shift = 0
+  for (;;) {
+    if (p >= end || shift > 14) return -1
+    const b = buf[p++]!
+    v |= (b & 0x7f) << shift
+    if ((b & 0x80) === 0) break
+    shift += 7
+  }
+  if (v !== hlen || p + hlen > end) return -1
+  return cacheHit(cache, buf, p, hlen, limits) ? p + hlen : -1
 }
 
 function cacheHit(cache: DecodeCache, frame: Uint8Array, p: number, hlen: number, limits: CodecLimits): boolean {
@@ -381,8 +415,12 @@ export function decodeEnvelope(frame: Uint8Array, limits: CodecLimits = DEFAULT_
     throw tlError('ERR_MALFORMED_ENVELOPE', `header length ${hlen} does not fit the ${n}-byte envelope`)
   }
   const end = p + hlen
-  if (cache !== undefined && cacheHit(cache, frame, p, hlen, limits)) {
-    return { onward: cache.onward.slice(), return: cache.return.slice(), payload: tail(frame, end) }
+  if (cache !== undefined) {
+    if (cacheHit(cache, frame, p, hlen, limits)) {
+      cache.lastHit = true
+      return { onward: cache.onward.slice(), return: cache.return.slice(), payload: tail(frame, end) }
+    }
+    cache.lastHit = false
   }
   const onward: Address[] = []
   const ret: Address[] = []
@@ -393,6 +431,7 @@ export function decodeEnvelope(frame: Uint8Array, limits: CodecLimits = DEFAULT_
       cache.limits = limits
       cache.onward = onward.slice()
       cache.return = ret.slice()
+      cache.generation++
     }
     return { onward, return: ret, payload: tail(frame, end) }
   }

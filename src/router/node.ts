@@ -31,6 +31,7 @@ import {
 import { type Logger, debugLogger } from './logger.ts'
 import type { LocalInfo, Message, Producer } from './message.ts'
 import { type Route, routeToString } from './route.ts'
+import { byteView } from './codec.ts'
 
 /** A worker: handles the messages sent to any of its addresses, one at a time. */
 export interface Worker {
@@ -48,6 +49,64 @@ export interface SinkWorker {
   readonly sink: true
   handleMessage(ctx: WorkerContext, msg: Message): boolean
   onStop?(ctx: WorkerContext): void | Promise<void>
+  /**
+   * Optional (transport connections): a writer for messages that will reach this sink with
+   * exactly these routes, their encoding done once — for the node's transit fast path.
+   */
+  transitWriter?(onward: readonly Address[], ret: readonly Address[]): TransitWriter | undefined
+}
+
+/** Writes payloads behind a head encoded once (see {@link SinkWorker.transitWriter}). */
+export interface TransitWriter {
+  /** The largest payload that fits one frame behind this head. */
+  readonly maxPayload: number
+  /** Writes one message with the payload `buf[start, end)`; false when the sink is full (as its handleMessage). */
+  write(buf: Uint8Array, start: number, end: number): boolean
+}
+
+/**
+ * A forwarder (see {@link Node.startForwarder}): a worker that replaces its own address on each
+ * message with `route` and sends it on under `flow`.
+ */
+export interface Forwarder {
+  readonly address: Address
+  /** The route put in front of the rest of each message's onward route. Setting it takes effect at once. */
+  route: readonly Address[]
+  stop(): Promise<void>
+}
+
+export interface ForwarderOptions {
+  /** Shutdown layer. Default `app`. */
+  layer?: Layer
+  /**
+   * The flow control of what the forwarder sends on (it replaces the sender's). Default none:
+   * what it forwards may go wherever its route leads (a relay's `forward_to_NAME`).
+   */
+  flow?: FlowControl
+  /** Takes the messages that end at the forwarder (its route is empty and nothing follows it). */
+  onEnd?: (msg: Message) => void
+  /** Called once when the forwarder stops. */
+  onStop?: () => void
+}
+
+/**
+ * A routing decision remembered for a stream of frames that all carry one header (the fast path
+ * of a transport connection): made by {@link Node.planRoute}, used by {@link Node.runPlan}.
+ * Opaque outside the node.
+ */
+export interface RoutePlan {
+  readonly epoch: number
+  /** Every flow control consulted, and its version then. */
+  readonly flows: readonly FlowControl[]
+  readonly versions: readonly (number | undefined)[]
+  readonly forwarders: readonly WorkerEntry[]
+  /** Where the message ends: a sink with a pre-encoded writer, or a worker. */
+  readonly target: WorkerEntry
+  readonly writer: TransitWriter | undefined
+  /** For a worker target: the routes and metadata its messages arrive with (frozen, shared). */
+  readonly onward: readonly Address[]
+  readonly return: readonly Address[]
+  readonly local: LocalInfo
 }
 
 /** Shutdown layers, stopped in this order. */
@@ -145,9 +204,17 @@ export interface NodeOptions {
   limits?: Partial<NodeLimits>
   /** Time source (ms). Default `Date.now`. */
   now?: () => number
+  /**
+   * Let transport connections route frames that repeat a header by a remembered plan
+   * ({@link Node.planRoute}) instead of decoding and routing each one. Same results, less work per
+   * message; turn it off to compare, or to debug routing. Default true.
+   */
+  fastPath?: boolean
 }
 
 class WorkerEntry {
+  /** Set for forwarders (startForwarder): the route that replaces the forwarder's address, and the flow of what it sends. */
+  forwarder: { route: readonly Address[]; flow: FlowControl | undefined } | undefined
   readonly queue: Message[] = []
   head = 0
   running = false
@@ -179,6 +246,8 @@ function isThenable(v: unknown): v is PromiseLike<unknown> {
 }
 
 const EMPTY_LOCAL: LocalInfo = Object.freeze({}) as LocalInfo
+/** Most forwarders one transit plan passes through. */
+const MAX_PLANNED_FORWARDERS = 4
 
 /**
  * A throughline node. Create, `start()`, add transports and workers, `send()`, and `stop()`.
@@ -192,11 +261,19 @@ export class Node extends EventEmitter {
   readonly limits: NodeLimits
   readonly stats: NodeStats = { drops: {}, delivered: 0, workerErrors: 0 }
   readonly now: () => number
+  /** See {@link NodeOptions.fastPath}. */
+  readonly fastPath: boolean
   #workers = new Map<string, WorkerEntry>()
   #transports = new Map<number, RouterTransport>()
   #state: 'new' | 'running' | 'stopping' | 'stopped' = 'new'
   #depth = 0
   #pendingRequests = new Set<(err: Error) => void>()
+  /**
+   * Changes with anything that can change where a message goes (workers started or stopped,
+   * transports added, forwarder routes set, the node stopping): transit plans of an older epoch
+   * are not used.
+   */
+  #epoch = 0
 
   constructor(options: NodeOptions = {}) {
     super()
@@ -208,6 +285,7 @@ export class Node extends EventEmitter {
       mailboxCapacity: options.limits?.mailboxCapacity ?? DEFAULT_MAILBOX_CAPACITY,
     }
     this.now = options.now ?? Date.now
+    this.fastPath = options.fastPath ?? true
   }
 
   /** Starts the node. Idempotent. */
@@ -232,6 +310,7 @@ export class Node extends EventEmitter {
       throw tlError('ERR_ADDRESS_IN_USE', `a transport for address type ${transport.type} is already registered`)
     }
     this.#transports.set(transport.type, transport)
+    this.#epoch++
   }
 
   /** The transport registered for an address type. */
@@ -246,6 +325,59 @@ export class Node extends EventEmitter {
    * Returns the worker's context.
    */
   startWorker(addresses: AddressLike | readonly AddressLike[], worker: Worker | SinkWorker, options: WorkerOptions = {}): WorkerContext {
+    return this.#addWorker(addresses, worker, options).ctx
+  }
+
+  /**
+   * Starts a forwarder at `addr`: each message reaching it continues along `route` followed by the
+   * rest of its own onward route (its return route unchanged), under `options.flow` instead of
+   * the sender's flow (default: none — it may go wherever `route` leads, as from a relay's
+   * `forward_to_NAME`). What it forwards keeps its producer (backpressure) and connection.
+   * Unlike a worker that forwards, a forwarder is known to the transports' fast path
+   * ({@link planRoute}), which then forwards a stream's frames without decoding them again.
+   */
+  startForwarder(addr: AddressLike, route: readonly Address[], options: ForwarderOptions = {}): Forwarder {
+    const state = { route, flow: options.flow }
+    const onEnd = options.onEnd
+    const onStop = options.onStop
+    const entry = this.#addWorker(
+      addr,
+      {
+        handleMessage: (ctx, m) => {
+          // onward = the route, then the rest of the message's route (hot path: no concat/slice)
+          const r = state.route
+          const rest = m.onward
+          const n = r.length + rest.length - 1
+          if (n === 0 && onEnd !== undefined) {
+            onEnd(m)
+            return
+          }
+          const onward = new Array<Address>(n)
+          let i = 0
+          for (; i < r.length; i++) onward[i] = r[i]!
+          for (let j = 1; j < rest.length; j++) onward[i++] = rest[j]!
+          ctx.forward(m, { onward, local: { flow: state.flow, producer: m.local.producer, connection: m.local.connection } })
+        },
+        ...(onStop === undefined ? {} : { onStop }),
+      },
+      options.layer === undefined ? {} : { layer: options.layer },
+    )
+    entry.forwarder = state
+    const bump = (): void => void this.#epoch++
+    return {
+      address: entry.ctx.address,
+      get route() {
+        return state.route
+      },
+      set route(r: readonly Address[]) {
+        state.route = r
+        bump()
+      },
+      stop: () => entry.ctx.stop(),
+    }
+  }
+
+  #addWorker(addresses: AddressLike | readonly AddressLike[], worker: Worker | SinkWorker, options: WorkerOptions): WorkerEntry {
     this.#assertRunning()
     const list = (Array.isArray(addresses) ? addresses : [addresses]).map((a: AddressLike) => address(a))
     if (list.length === 0) throw tlError('ERR_INVALID_ARGUMENT', 'a worker needs at least one address')
@@ -256,7 +388,8 @@ export class Node extends EventEmitter {
     const entry = new WorkerEntry(worker, list, options, options.mailboxCapacity ?? this.limits.mailboxCapacity)
     entry.ctx = this.#makeContext(entry)
     for (const a of list) this.#workers.set(a.text, entry)
-    return entry.ctx
+    this.#epoch++
+    return entry
   }
 
   /** True if a worker has this address. */
@@ -274,6 +407,7 @@ export class Node extends EventEmitter {
   async #stopEntry(entry: WorkerEntry): Promise<void> {
     if (entry.stopped) return
     entry.stopped = true
+    this.#epoch++
     for (const a of entry.addresses) if (this.#workers.get(a.text) === entry) this.#workers.delete(a.text)
     // messages still queued are dropped, counted
     for (let i = entry.head; i < entry.queue.length; i++) {
@@ -388,6 +522,89 @@ export class Node extends EventEmitter {
       return
     }
     this.#enqueue(entry, msg)
+  }
+
+  // ------------------------------------------------------------------ fast path of repeated headers
+
+  /**
+   * Works out, without sending anything, where {@link route} would take a message that arrived
+   * from the network with these routes and node-local metadata, when the way is through
+   * forwarders only (none or more) and ends
+   * - at a sink that writes pre-encoded frames (a relay hop: connection → `forward_to_NAME` →
+   *   connection), or
+   * - at a worker (a device: connection → its relay client → `sink`),
+   * with no access-control predicate on the way. Returns undefined otherwise. A transport
+   * connection plans once for a header that repeats, then hands each further frame with that
+   * header to {@link runPlan}. The plan holds while the node's epoch and every consulted flow's
+   * version stay as they were; runPlan checks them.
+   */
+  planRoute(onward: readonly Address[], ret: readonly Address[], local: LocalInfo): RoutePlan | undefined {
+    if (this.#state !== 'running' || !this.fastPath) return undefined
+    let o = onward
+    let loc = local
+    const flows: FlowControl[] = []
+    const versions: (number | undefined)[] = []
+    const forwarders: WorkerEntry[] = []
+    for (let hop = 0; hop <= MAX_PLANNED_FORWARDERS; hop++) {
+      // what route() checks, in its order
+      const next = o[0]
+      if (next === undefined || next.type !== ADDRESS_TYPE.LOCAL) return undefined
+      if (o.length > this.limits.maxRouteLength || ret.length > this.limits.maxRouteLength) return undefined
+      const entry = this.#workers.get(next.text)
+      if (entry === undefined) return undefined
+      const flow = loc.flow
+      if (flow !== undefined) {
+        if (flow.version === undefined) return undefined
+        flows.push(flow)
+        versions.push(flow.version)
+        if (!entry.options.acceptsNetwork && !flow.allows(next) && !(flow.transit && entry.options.layer === 'transport')) return undefined
+      }
+      if (entry.options.incoming !== undefined) return undefined
+      const plan = { epoch: this.#epoch, flows, versions, forwarders, target: entry, onward: o, return: ret, local: loc }
+      if (entry.isSink) {
+        const writer = (entry.worker as SinkWorker).transitWriter?.(o, ret)
+        return writer === undefined ? undefined : { ...plan, writer }
+      }
+      const fw = entry.forwarder
+      if (fw === undefined) {
+        return { ...plan, writer: undefined, onward: Object.freeze(o.slice()), return: Object.freeze(ret.slice()), local: Object.freeze({ ...loc }) }
+      }
+      if (entry.options.outgoing !== undefined || fw.route.length + o.length - 1 === 0) return undefined
+      // what the forwarder does: its route, then the rest, under its own flow
+      o = [...fw.route, ...o.slice(1)]
+      loc = { flow: fw.flow, producer: loc.producer, connection: loc.connection }
+      forwarders.push(entry)
+    }
+    return undefined
+  }
+
+  /**
+   * Delivers one message, whose payload is `buf[start, end)`, by a plan from {@link planRoute}, as route() would: counted, written by
+   * the plan's writer or queued for its worker, with the same backpressure. Returns false, having
+   * done nothing, when the plan no longer holds or the payload does not fit (then route() it).
+   */
+  runPlan(plan: RoutePlan, buf: Uint8Array, start: number, end: number): boolean {
+    if (plan.epoch !== this.#epoch || this.#state !== 'running') return false
+    const flows = plan.flows
+    for (let i = 0; i < flows.length; i++) if (flows[i]!.version !== plan.versions[i]) return false
+    const fws = plan.forwarders
+    // a forwarder with messages waiting (or busy) would deliver after this one: keep the order
+    for (let i = 0; i < fws.length; i++) if (fws[i]!.running || fws[i]!.head < fws[i]!.queue.length) return false
+    const writer = plan.writer
+    const target = plan.target
+    if (writer === undefined) {
+      this.stats.delivered += fws.length
+      this.#enqueue(target, { onward: plan.onward, return: plan.return, payload: byteView(buf, start, end), local: plan.local })
+      return true
+    }
+    if (end - start > writer.maxPayload) return false
+    this.stats.delivered += fws.length + 1
+    const producer = plan.local.producer
+    if (!writer.write(buf, start, end) && producer !== undefined && !target.waiting.has(producer)) {
+      target.waiting.add(producer)
+      producer.pause()
+    }
+    return true
   }
 
   #enqueue(entry: WorkerEntry, msg: Message): void {
@@ -583,6 +800,7 @@ export class Node extends EventEmitter {
       await Promise.all([...entries].map((e) => this.#stopEntry(e)))
     }
     this.#state = 'stopping'
+    this.#epoch++
     await Promise.all([...this.#transports.values()].map((t) => t.stop()))
     this.#state = 'stopped'
   }

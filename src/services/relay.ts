@@ -26,7 +26,7 @@ import { type ErrorCode, tlError, type ThroughlineError, isThroughlineError } fr
 import { AllowList } from '../router/access.ts'
 import { type Address, local, randomLocal } from '../router/address.ts'
 import type { Message } from '../router/message.ts'
-import type { Node, WorkerContext } from '../router/node.ts'
+import type { Forwarder, Node, WorkerContext } from '../router/node.ts'
 import { type Route, routeToString } from '../router/route.ts'
 import type { ConnectionEvent } from '../transports/connection.ts'
 
@@ -51,10 +51,10 @@ export interface RelayServiceOptions {
 
 interface Registration {
   name: string
-  route: readonly Address[]
   token: Buffer
   expires: number
-  forwarder: WorkerContext
+  /** `forward_to_NAME`; its route is the registration's return route. */
+  forwarder: Forwarder
 }
 
 function reply(ctx: WorkerContext, msg: Message, body: Record<string, unknown>): void {
@@ -85,7 +85,7 @@ export class RelayService {
     this.#sweeper.unref()
     this.#onClosed = (ev) => {
       for (const r of [...this.#registrations.values()]) {
-        if (r.route[0]?.text === ev.address.text) this.#remove(r, 'connection closed')
+        if (r.forwarder.route[0]?.text === ev.address.text) this.#remove(r, 'connection closed')
       }
     }
     node.on('connection-closed', this.#onClosed)
@@ -136,7 +136,7 @@ export class RelayService {
         reply(ctx, msg, failure('ERR_RELAY_NAME_TAKEN', `relay name "${name}" is held by a live registration`))
         return
       }
-      existing.route = msg.return
+      existing.forwarder.route = msg.return
       existing.expires = this.node.now() + this.lease
       this.node.logger.info('relay registration renewed', { name, route: routeToString(msg.return) })
       reply(ctx, msg, { ok: true, name, address: FORWARDER_PREFIX + name, token: existing.token, lease: this.lease })
@@ -148,28 +148,11 @@ export class RelayService {
     }
     const reg: Registration = {
       name,
-      route: msg.return,
       token: token ?? randomBytes(16),
       expires: this.node.now() + this.lease,
-      forwarder: undefined as unknown as WorkerContext,
+      // the forwarder ends the sender's flow: what it emits follows the registered route only
+      forwarder: this.node.startForwarder(local(FORWARDER_PREFIX + name), msg.return, { layer: 'service' }),
     }
-    reg.forwarder = this.node.startWorker(
-      local(FORWARDER_PREFIX + name),
-      {
-        // The forwarder ends the sender's flow: what it emits follows the registered route only.
-        handleMessage: (fctx, m) => {
-          // onward = the registered route, then the rest of the message's route (hot path: no concat/slice)
-          const r = reg.route
-          const rest = m.onward
-          const onward = new Array<Address>(r.length + rest.length - 1)
-          let i = 0
-          for (; i < r.length; i++) onward[i] = r[i]!
-          for (let j = 1; j < rest.length; j++) onward[i++] = rest[j]!
-          fctx.forward(m, { onward, local: { producer: m.local.producer, connection: m.local.connection } })
-        },
-      },
-      { layer: 'service' },
-    )
     this.#registrations.set(name, reg)
     this.node.logger.info('relay registered', { name, route: routeToString(msg.return) })
     reply(ctx, msg, { ok: true, name, address: FORWARDER_PREFIX + name, token: reg.token, lease: this.lease })
@@ -239,7 +222,8 @@ export class RelayClient extends EventEmitter {
     this.address = randomLocal()
     this.#delay = options.retryDelay ?? 250
     this.allow = new AllowList(`relay registration ${options.name}`, options.allow, { transit: options.transit ?? false })
-    node.startWorker(this.address, { handleMessage: (ctx, msg) => this.#handle(ctx, msg), onStop: () => this.stop() }, { layer: 'service' })
+    // forwarded messages continue under our own allow-list; what ends here answers a registration
+    node.startForwarder(this.address, [], { flow: this.allow, onEnd: (msg) => this.#answer(msg), onStop: () => this.stop(), layer: 'service' })
     const first = options.relayRoute[0]
     this.#onOpen = (ev) => {
       if (first !== undefined && ev.dialled && ev.peer === first.value && first.type !== 0) this.#soon(0)
@@ -265,15 +249,10 @@ export class RelayClient extends EventEmitter {
     this.#timer = setTimeout(() => void this.#attempt(), ms)
   }
 
-  #handle(ctx: WorkerContext, msg: Message): void {
-    if (msg.onward.length === 1) {
-      // an answer to our registration; anything else addressed to us alone is dropped
-      if (this.#pending !== undefined) this.#pending.resolve(msg)
-      else this.node.drop('unexpected', tlError('ERR_BAD_REQUEST', 'unexpected message at relay client'), msg, this.address.text)
-      return
-    }
-    // forwarded by the relay: continue under our own allow-list
-    ctx.forward(msg, { local: { flow: this.allow, producer: msg.local.producer, connection: msg.local.connection } })
+  /** A message addressed to us alone: the answer to our registration; anything else is dropped. */
+  #answer(msg: Message): void {
+    if (this.#pending !== undefined) this.#pending.resolve(msg)
+    else this.node.drop('unexpected', tlError('ERR_BAD_REQUEST', 'unexpected message at relay client'), msg, this.address.text)
   }
 
   async #attempt(): Promise<void> {

@@ -15,10 +15,10 @@
 import { tlError, type ThroughlineError, isThroughlineError } from '../errors.ts'
 import type { FlowControl } from '../router/access.ts'
 import { type Address, randomLocal } from '../router/address.ts'
-import { type CodecLimits, type DecodeCache, type EncodeCache, createDecodeCache, createEncodeCache, decodeEnvelope, encodeHeadFrom } from '../router/codec.ts'
+import { type CodecLimits, type DecodeCache, type EncodeCache, cachedPayloadOffset, createDecodeCache, createEncodeCache, decodeEnvelope, encodeHeadFrom, byteView } from '../router/codec.ts'
 import type { Logger } from '../router/logger.ts'
 import type { LocalInfo, Message, Producer } from '../router/message.ts'
-import type { Node, SinkWorker, WorkerContext } from '../router/node.ts'
+import type { Node, RoutePlan, SinkWorker, TransitWriter, WorkerContext } from '../router/node.ts'
 import type { Link } from './types.ts'
 
 export interface ConnectionOptions {
@@ -55,6 +55,13 @@ export class Connection implements Producer, SinkWorker {
   #decodeCache: DecodeCache = createDecodeCache()
   /** The last head encoded on this connection (messages on it mostly carry the same routes). */
   #encodeCache: EncodeCache = createEncodeCache()
+  /**
+   * The route plan for the header in the decode cache (made when that header came a second time
+   * in a row), and the cache generation it belongs to: frames repeating that header skip decoding
+   * and routing and go straight where the plan says (Node.planRoute).
+   */
+  #plan: RoutePlan | undefined
+  #planGeneration = -1
   /** The node-local metadata of every inbound message: the same for all of them, so shared (frozen). */
   #inboundLocal: LocalInfo
   #paused = 0
@@ -84,7 +91,7 @@ export class Connection implements Producer, SinkWorker {
     this.#limits = { maxHeaderSize: node.limits.maxHeaderSize, maxRouteLength: node.limits.maxRouteLength }
     this.#lastSent = this.#lastReceived = node.now()
     this.#inboundLocal = Object.freeze({ flow: options.flow, producer: this as Producer, connection: this.address })
-    link.onFrame = (f) => this.#onFrame(f)
+    link.onFrame = (buf, start, end) => this.#onFrame(buf, start ?? 0, end ?? buf.length)
     link.onClose = (e) => this.#onLinkClose(e)
     link.onDrain = () => this.#ctx?.drained()
   }
@@ -149,32 +156,63 @@ export class Connection implements Producer, SinkWorker {
     return this.send(msg)
   }
 
+  /** A writer of frames with these routes (this connection's own address first in `onward`), for route plans. */
+  transitWriter(onward: readonly Address[], ret: readonly Address[]): TransitWriter | undefined {
+    if (this.#closed) return undefined
+    const head = encodeHeadFrom(onward, 1, ret)
+    const maxPayload = this.options.maxFrameSize - head.length
+    if (maxPayload < 0) return undefined
+    return { maxPayload, write: (buf, start, end) => this.#writeRange(head, buf, start, end) }
+  }
+
+  #write(head: Buffer, payload: Uint8Array): boolean {
+    this.#count(head.length + payload.length)
+    return this.link.writeFrame(head, payload)
+  }
+
+  #writeRange(head: Buffer, buf: Uint8Array, start: number, end: number): boolean {
+    this.#count(head.length + end - start)
+    const link = this.link
+    return link.writeFrameRange !== undefined ? link.writeFrameRange(head, buf, start, end) : link.writeFrame(head, byteView(buf, start, end))
+  }
+
+  #count(size: number): void {
+    this.counters.framesOut++
+    this.counters.bytesOut += size
+    this.#lastSent = this.#now()
+  }
+
   /** Writes `msg` after popping its first hop. Returns false when the link is full. */
   send(msg: Message): boolean {
     if (this.#closed) {
       this.node.drop('connection-closed', tlError('ERR_CONNECTION_CLOSED', `connection to ${this.link.remote} is closed`), msg, this.address.text)
       return true
     }
-    const head = encodeHeadFrom(msg.onward, 1, msg.return, this.link.headReserve, this.#encodeCache)
-    const size = head.length - this.link.headReserve + msg.payload.length
+    const head = encodeHeadFrom(msg.onward, 1, msg.return, 0, this.#encodeCache)
+    const size = head.length + msg.payload.length
     if (size > this.options.maxFrameSize) {
       this.node.drop('frame-too-large', tlError('ERR_FRAME_TOO_LARGE', `message of ${size} bytes is over the ${this.options.maxFrameSize}-byte frame limit`), msg, this.address.text)
       return true
     }
-    this.counters.framesOut++
-    this.counters.bytesOut += size
-    this.#lastSent = this.#now()
-    return this.link.writeFrame(head, msg.payload)
+    return this.#write(head, msg.payload)
   }
 
   // ---------------------------------------------------------------- inbound
 
-  #onFrame(frame: Uint8Array): void {
+  /** One received frame: `buf[start, end)`. */
+  #onFrame(buf: Uint8Array, start: number, end: number): void {
     if (this.#closed) return
     this.#lastReceived = this.#now()
-    if (frame.length === 0) return // heartbeat
+    if (end === start) return // heartbeat
     this.counters.framesIn++
-    this.counters.bytesIn += frame.length
+    this.counters.bytesIn += end - start
+    const cache = this.#decodeCache
+    if (this.#plan !== undefined && this.#planGeneration === cache.generation) {
+      // fast path: the header of the plan again, and the plan still holds
+      const at = cachedPayloadOffset(buf, start, end, this.#limits, cache)
+      if (at >= 0 && this.node.runPlan(this.#plan, buf, at, end)) return
+    }
+    const frame = start === 0 && end === buf.length ? buf : byteView(buf, start, end)
     let env
     try {
       env = decodeEnvelope(frame, this.#limits, this.#decodeCache)
@@ -189,6 +227,11 @@ export class Connection implements Producer, SinkWorker {
     ret[0] = this.address
     for (let i = 0; i < r.length; i++) ret[i + 1] = r[i]!
     this.node.route({ onward: env.onward, return: ret, payload: env.payload, local: this.#inboundLocal })
+    // a header that came twice in a row: plan its route (once per header), for the next frames
+    if (cache.lastHit && this.#planGeneration !== cache.generation && !this.#closed) {
+      this.#planGeneration = cache.generation
+      this.#plan = this.node.planRoute(env.onward, ret, this.#inboundLocal)
+    }
   }
 
   // ---------------------------------------------------------------- producer (backpressure)

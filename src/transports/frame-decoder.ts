@@ -20,7 +20,10 @@ const VERSION = 0
 const LENGTH = 1
 const BODY = 2
 
-const EMPTY = new Uint8Array(0)
+const EMPTY = Buffer.alloc(0)
+
+/** Takes one frame: `buf[start, end)`. */
+export type FrameCallback = (buf: Buffer, start: number, end: number) => void
 
 export class FrameDecoder {
   readonly maxFrameSize: number
@@ -41,10 +44,12 @@ export class FrameDecoder {
   }
 
   /**
-   * Feeds a chunk; calls `onFrame` for every complete frame (empty for heartbeats), in order.
+   * Feeds a chunk; calls `onFrame(buf, start, end)` for every complete frame `buf[start, end)`
+   * (empty for heartbeats), in order: a frame inside the chunk is passed as its range of the
+   * chunk (no view is made), one that straddled chunks as a buffer of its own.
    * Throws ERR_UNSUPPORTED_VERSION or ERR_FRAME_TOO_LARGE; the decoder is then unusable.
    */
-  push(chunk: Buffer, onFrame: (frame: Uint8Array) => void): void {
+  push(chunk: Buffer, onFrame: FrameCallback): void {
     const n = chunk.length
     let off = 0
     while (off < n) {
@@ -62,8 +67,7 @@ export class FrameDecoder {
         if (this.#state === LENGTH) {
           this.#onLength(chunk[off]! * 0x1000000 + ((chunk[off + 1]! << 16) | (chunk[off + 2]! << 8) | chunk[off + 3]!), onFrame)
         } else {
-          // a view of the chunk (Buffer.from of its memory: the same view as subarray, made faster)
-          onFrame(Buffer.from(chunk.buffer, chunk.byteOffset + off, need))
+          onFrame(chunk, off, off + need)
           this.#state = LENGTH
         }
         off += need
@@ -80,18 +84,18 @@ export class FrameDecoder {
       if (this.#state === LENGTH) {
         this.#onLength(whole.readUInt32BE(0), onFrame)
       } else {
-        onFrame(whole)
+        onFrame(whole, 0, whole.length)
         this.#state = LENGTH
       }
     }
   }
 
-  #onLength(length: number, onFrame: (frame: Uint8Array) => void): void {
+  #onLength(length: number, onFrame: FrameCallback): void {
     if (length > this.maxFrameSize) {
       throw tlError('ERR_FRAME_TOO_LARGE', `frame of ${length} bytes announced (limit ${this.maxFrameSize})`)
     }
     if (length === 0) {
-      onFrame(EMPTY)
+      onFrame(EMPTY, 0, 0)
       return
     }
     this.#length = length

@@ -18,7 +18,6 @@ const INBOX_HIGH_WATER = 1024 * 1024
 
 /** One end of an in-memory link pair. */
 export class MemoryLink implements Link {
-  readonly headReserve = 0
   readonly remote: string
   peer!: MemoryLink
   #inbox: Uint8Array[] = []

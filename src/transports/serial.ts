@@ -270,7 +270,6 @@ class PortHandle {
 
 /** One session over an open port, as a frame link. */
 export class SerialLink implements Link {
-  readonly headReserve = 0
   readonly remote: string
   readonly path: string
   readonly decoder: SerialFrameDecoder

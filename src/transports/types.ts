@@ -13,15 +13,20 @@ import type { ThroughlineError } from '../errors.ts'
 
 /** A frame-level duplex to one peer. */
 export interface Link {
-  /** Bytes the link wants free at the start of each frame head (e.g. 4 for a TCP length). */
-  readonly headReserve: number
   /** Human description of the peer (`127.0.0.1:53311`). */
   readonly remote: string
   /**
-   * Writes one frame: `head` (whose first `headReserve` bytes are the link's to fill) followed
-   * by `payload`. Returns false when the link's buffer is full: wait for `onDrain`.
+   * Writes one frame: the envelope `head` (version, header length, header) followed by
+   * `payload`. The link must not modify either, and may hold on to both until they are written
+   * (callers never change them afterwards: heads are often shared, cached encodings). Returns
+   * false when the link's buffer is full: wait for `onDrain`.
    */
   writeFrame(head: Buffer, payload: Uint8Array): boolean
+  /**
+   * Optional: as `writeFrame`, with the payload `buf[start, end)` (a range of a received frame,
+   * so that a forwarding node need not make a view of it).
+   */
+  writeFrameRange?(head: Buffer, buf: Uint8Array, start: number, end: number): boolean
   /** Writes an empty (heartbeat) frame. */
   writeHeartbeat(): void
   /** Stops / restarts delivery of received frames (counted by the Connection, not here). */
@@ -29,8 +34,12 @@ export interface Link {
   resume(): void
   /** Closes the link; `onClose` follows once. */
   close(error?: ThroughlineError): void
-  /** Set by the Connection: a received frame (empty = heartbeat). May be a view into a chunk. */
-  onFrame: (frame: Uint8Array) => void
+  /**
+   * Set by the Connection: a received frame (empty = heartbeat). The frame is `buf[start, end)`
+   * when `start` and `end` are given (a range of a received chunk, so that no view need be made
+   * for it), else the whole of `buf`; either way it may share memory with a received chunk.
+   */
+  onFrame: (buf: Uint8Array, start?: number, end?: number) => void
   /** Set by the Connection: the link closed (with the error that closed it, if any). */
   onClose: (error?: ThroughlineError) => void
   /** Set by the Connection: the link can take writes again. */

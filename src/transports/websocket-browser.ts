@@ -102,7 +102,6 @@ interface LinkSettings {
 
 /** A native (browser) WebSocket, open, as a frame link. */
 export class BrowserWebSocketLink implements Link {
-  readonly headReserve = 0
   readonly remote: string
   readonly ws: BrowserWebSocket
   readonly #s: LinkSettings

@@ -138,7 +138,6 @@ function fromWsError(err: Error & { code?: string }, remote: string): Throughlin
 
 /** A `ws` WebSocket (open) as a frame link. */
 export class WebSocketLink implements Link {
-  readonly headReserve = 0
   readonly remote: string
   readonly ws: WebSocket
   /** The raw socket under `ws` (net.Socket or tls.TLSSocket): corked per turn, watched for 'drain'. */

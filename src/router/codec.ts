@@ -329,6 +329,8 @@ function fastHeader(frame: Uint8Array, p: number, end: number, limits: CodecLimi
 export interface DecodeCache {
   /** The last header's bytes (the first `length` of them). */
   bytes: Uint8Array
+  /** The same, as little-endian 32-bit words (the whole words of the first `length` bytes). */
+  words: Uint32Array
   length: number
   /** The limits it was checked against. */
   limits: CodecLimits | undefined
@@ -352,7 +354,7 @@ function tail(frame: Uint8Array, start: number): Uint8Array {
 }
 
 export function createDecodeCache(): DecodeCache {
-  return { bytes: new Uint8Array(DECODE_CACHE_BYTES), length: -1, limits: undefined, onward: [], return: [], generation: 0, lastHit: false }
+  return { bytes: new Uint8Array(DECODE_CACHE_BYTES), words: new Uint32Array(DECODE_CACHE_BYTES / 4), length: -1, limits: undefined, onward: [], return: [], generation: 0, lastHit: false }
 }
 
 /**
@@ -375,7 +377,27 @@ export function cachedPayloadOffset(buf: Uint8Array, start: number, end: number,
     shift += 7
   }
   if (v !== hlen || p + hlen > end) return -1
-  return cacheHit(cache, buf, p, hlen, limits) ? p + hlen : -1
+  // four bytes at a time through a DataView of the chunk (made once per chunk): about half the
+  // time of a byte loop for the ~100-byte headers of relayed traffic
+  const d = dataViewOf(buf)
+  const w = cache.words
+  let i = 0
+  for (; i + 4 <= hlen; i += 4) if (d.getUint32(p + i, true) !== w[i >> 2]) return -1
+  const b = cache.bytes
+  for (; i < hlen; i++) if (b[i] !== buf[p + i]) return -1
+  return p + hlen
+}
+
+let dvOf: Uint8Array | undefined
+let dvLast: DataView = new DataView(new ArrayBuffer(0))
+
+/** A DataView of `buf`, the same one for calls on the same buffer in a row (the frames of one chunk). */
+function dataViewOf(buf: Uint8Array): DataView {
+  if (buf !== dvOf) {
+    dvOf = buf
+    dvLast = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
+  }
+  return dvLast
 }
 
 function cacheHit(cache: DecodeCache, frame: Uint8Array, p: number, hlen: number, limits: CodecLimits): boolean {
@@ -427,6 +449,8 @@ export function decodeEnvelope(frame: Uint8Array, limits: CodecLimits = DEFAULT_
   if (fastHeader(frame, p, end, limits, onward, ret)) {
     if (cache !== undefined && hlen <= DECODE_CACHE_BYTES) {
       cache.bytes.set(frame.subarray(p, end))
+      const dv = new DataView(cache.bytes.buffer, cache.bytes.byteOffset, cache.bytes.length)
+      for (let i = 0; i + 4 <= hlen; i += 4) cache.words[i >> 2] = dv.getUint32(i, true)
       cache.length = hlen
       cache.limits = limits
       cache.onward = onward.slice()

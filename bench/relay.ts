@@ -12,6 +12,9 @@
  * - `throughline.direct`  throughline Node (this process) → throughline sink Node process (bench/lib/tl-sink.ts)
  * - `throughline.relay`   throughline Node → relay node (the real CLI: `bin/throughline.js node start`)
  *                         → sink Node registered at the relay with a RelayClient → `sink` worker
+ * - `throughline.relay_nocopy`  the same with the relay started with `--tcp-coalesce-max 0`: it
+ *                         copies no payload (each frame costs it two socket writes instead of a
+ *                         share of one batched write per turn) — what strict zero-copy costs
  *
  * For 64 B and 64 KiB payloads: messages/s and MB/s (payload bytes, 10^6) counted AT THE SINK over
  * BENCH_MS after BENCH_WARMUP_MS of warm-up; the senders respect backpressure (they stop writing
@@ -56,7 +59,7 @@ const RTT_WARMUP = Math.min(500, Math.ceil(RTT_COUNT / 4))
 const HIGH_WATER = Number(process.env.BENCH_HIGH_WATER ?? 1024 * 1024)
 const SIZES = (process.env.BENCH_SIZES ?? '64,65536').split(',').map(Number)
 // run order: each throughline scenario right after its baseline, so that each pair sees the same machine
-const ALL_SCENARIOS = ['raw.direct', 'throughline.direct', 'raw.proxy', 'throughline.relay'] as const
+const ALL_SCENARIOS = ['raw.direct', 'throughline.direct', 'raw.proxy', 'throughline.relay', 'throughline.relay_nocopy'] as const
 type Scenario = (typeof ALL_SCENARIOS)[number]
 const SCENARIOS = (process.env.BENCH_ONLY?.split(',') ?? [...ALL_SCENARIOS]) as Scenario[]
 for (const s of SCENARIOS) if (!ALL_SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s} (known: ${ALL_SCENARIOS.join(', ')})`)
@@ -105,10 +108,10 @@ async function forkChild(name: string, script: string, args: string[], ts: boole
   return { child, ready: await waitReady<Record<string, unknown>>(proc, name) }
 }
 
-/** The relay node: the real CLI, `node bin/throughline.js node start --tcp 127.0.0.1:0`. */
-async function startRelayCli(): Promise<{ child: Child; address: string }> {
+/** The relay node: the real CLI, `node bin/throughline.js node start --tcp 127.0.0.1:0 [cliArgs]`. */
+async function startRelayCli(cliArgs: string[] = []): Promise<{ child: Child; address: string }> {
   let child: Child | undefined
-  const { address } = await spawnRelayCli(root, RELAY_NODE_ARGS, (proc) => (child = new MarkedChild<Mark>('relay (CLI)', proc, log)))
+  const { address } = await spawnRelayCli(root, RELAY_NODE_ARGS, (proc) => (child = new MarkedChild<Mark>('relay (CLI)', proc, log)), cliArgs)
   return { child: child!, address }
 }
 
@@ -345,8 +348,8 @@ async function runScenario(s: Scenario): Promise<ScenarioResult> {
       }
       return { throughput, rtt: await tlRtt(addr, `/tcp/${addr}/service/echo`) }
     }
-    // throughline.relay
-    const relay = await startRelayCli()
+    // throughline.relay, throughline.relay_nocopy
+    const relay = await startRelayCli(s === 'throughline.relay_nocopy' ? ['--tcp-coalesce-max', '0'] : [])
     children.push(relay.child)
     const R = relay.address
     const { child: sink } = await forkChild('sink', join(lib, 'tl-sink.ts'), ['relay', R, 'benchsink'], true)
@@ -421,6 +424,8 @@ const perRound = (a: Scenario, b: Scenario, size: number, f: 'msgps' | 'MBps'): 
 const ratios = {
   relay_vs_rawproxy_MBps_64KiB: ratio(cell('throughline.relay', 65536)?.MBps, cell('raw.proxy', 65536)?.MBps),
   relay_vs_rawproxy_msgps_64B: ratio(cell('throughline.relay', 64)?.msgps, cell('raw.proxy', 64)?.msgps),
+  relay_nocopy_vs_rawproxy_MBps_64KiB: ratio(cell('throughline.relay_nocopy', 65536)?.MBps, cell('raw.proxy', 65536)?.MBps),
+  relay_nocopy_vs_rawproxy_msgps_64B: ratio(cell('throughline.relay_nocopy', 64)?.msgps, cell('raw.proxy', 64)?.msgps),
   direct_vs_rawdirect_MBps_64KiB: ratio(cell('throughline.direct', 65536)?.MBps, cell('raw.direct', 65536)?.MBps),
   direct_vs_rawdirect_msgps_64B: ratio(cell('throughline.direct', 64)?.msgps, cell('raw.direct', 64)?.msgps),
   relay_vs_direct_MBps_64KiB: ratio(cell('throughline.relay', 65536)?.MBps, cell('throughline.direct', 65536)?.MBps),

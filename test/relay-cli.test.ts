@@ -151,8 +151,11 @@ t.test('cli: two hops through a relay that restarts (acceptance 3)', async (t) =
 })
 
 t.test('cli: errors name their cause and exit non-zero', async (t) => {
-  const timeout = startCli(t, ['node', 'start', '--tcp', '127.0.0.1:0'])
+  // (this node copies no payload into its TCP write batches: it still answers)
+  const timeout = startCli(t, ['node', 'start', '--tcp', '127.0.0.1:0', '--tcp-coalesce-max', '0'])
   const [, hp] = await timeout.waitFor(/^listening tcp (127\.0\.0\.1:\d+)$/)
+  const echoed = await runCli(['send', '--to', `/tcp/${hp}/service/echo`, 'zero-copy'])
+  t.equal(echoed.stdout, 'zero-copy\n', 'a node with --tcp-coalesce-max 0 answers')
   const cases: [string[], RegExp, number][] = [
     [['send', '--to', `/tcp/${hp}/service/nobody`, '--timeout', '300', 'x'], /^error: ERR_TIMEOUT: no reply within 300 ms/, 1],
     [['send', '--to', '/tcpp/127.0.0.1:1', 'x'], /^error: ERR_ROUTE_SYNTAX: segment 1 .*unknown protocol "tcpp"/, 1],
@@ -163,6 +166,7 @@ t.test('cli: errors name their cause and exit non-zero', async (t) => {
     [['node', 'start', '--relay-at', '/tcp/127.0.0.1:1'], /^error: ERR_CLI_USAGE: --relay-at and --relay-name go together/, 2],
     [['node', 'start', '--tcp', hp!], /^error: ERR_LISTEN_FAILED: cannot listen on tcp .*EADDRINUSE/, 1],
     [['bogus'], /^error: ERR_CLI_USAGE: unknown command/, 2],
+    [['node', 'start', '--tcp-coalesce-max', 'lots'], /^error: ERR_CLI_USAGE: --tcp-coalesce-max takes a number of bytes, got "lots"/, 2],
   ]
   for (const [args, re, code] of cases) {
     const r = await runCli(args)

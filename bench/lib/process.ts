@@ -132,8 +132,8 @@ export async function stopByPid(proc: ChildProcess): Promise<void> {
  * Spawns the relay node, `node bin/throughline.js node start --tcp 127.0.0.1:0`, from the project
  * at `root` and resolves with the process (`onSpawn` sees it at once) and its `listening tcp` address.
  */
-export async function spawnRelayCli(root: string, nodeArgs: readonly string[], onSpawn: (proc: ChildProcess) => void): Promise<{ proc: ChildProcess; address: string }> {
-  const proc = spawn(process.execPath, [...nodeArgs, join(root, 'bin', 'throughline.js'), 'node', 'start', '--tcp', '127.0.0.1:0', '--name', 'relay', '--log-level', 'warn'], {
+export async function spawnRelayCli(root: string, nodeArgs: readonly string[], onSpawn: (proc: ChildProcess) => void, cliArgs: readonly string[] = []): Promise<{ proc: ChildProcess; address: string }> {
+  const proc = spawn(process.execPath, [...nodeArgs, join(root, 'bin', 'throughline.js'), 'node', 'start', '--tcp', '127.0.0.1:0', '--name', 'relay', '--log-level', 'warn', ...cliArgs], {
     cwd: root,
     stdio: ['ignore', 'pipe', 'inherit'],
   })

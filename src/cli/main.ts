@@ -46,7 +46,7 @@ import { Node } from '../router/node.ts'
 import { parseRoute, parseRouteSegments } from '../router/route.ts'
 import { startEcho } from '../services/echo.ts'
 import { FORWARDER_PREFIX, RELAY_ADDRESS, RelayClient, RelayService } from '../services/relay.ts'
-import { TcpTransport } from '../transports/tcp.ts'
+import { TcpTransport, type TcpTransportOptions } from '../transports/tcp.ts'
 import { WebSocketTransport } from '../transports/websocket.ts'
 import { SerialTransport } from '../transports/serial.ts'
 import { IdentityStore, type IdentitySigner, SoftwareIdentity, defaultHome } from '../channel/identity.ts'
@@ -100,11 +100,14 @@ const USAGE = `usage:
                           [--early-evidence always|never]]
                          [--enrol-at ROUTE] [relying-party flags]
                          [--allow NAME]... [--home DIR] [--log-level debug|info|warn|error|silent]
+                         [--tcp-coalesce-max BYTES]
       Runs a node in the foreground with the echo and relay services, and with
       --secure-listener a secure channel listener at "secure" (peers: any identity, or the
       --trust identifiers). Prints "listening tcp|ws HOST:PORT" and "listening serial PATH"
       per listener, "secure listener ID" and "relay registered NAME" after each successful
       relay registration. Stops on SIGINT/SIGTERM.
+      --tcp-coalesce-max BYTES: TCP connections copy payloads up to BYTES (default 256) into
+      one write per event-loop turn; larger ones are written zero-copy. 0: no payload is copied.
       --attest sim: attests with a simulated platform (root key DIR/attest/sim-root.key or
       --sim-root FILE, platform DIR/attest/sim-platform.json); prints "attest sim root PUBFILE",
       the SPKI PEM a verifier trusts. --attest tpm2 --tpm EP: attests with TPM quotes (AK and
@@ -313,9 +316,12 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
     'passport-from': { type: 'string' },
     'enrol-at': { type: 'string' },
     'early-evidence': { type: 'string' },
+    'tcp-coalesce-max': { type: 'string' },
     ...RELYING_PARTY_OPTIONS,
   })
   if (positionals.length > 0) throw usageError(`unexpected argument "${positionals[0]}"`)
+  const coalesce = values['tcp-coalesce-max']
+  if (coalesce !== undefined && !/^\d{1,7}$/.test(coalesce)) throw usageError(`--tcp-coalesce-max takes a number of bytes, got "${coalesce}"`)
   if (values['secure-listener'] === true && values.identity === undefined) throw usageError('--secure-listener needs --identity NAME')
   const trust = trustOf(values.trust)
   const prover = proverFlags(values)
@@ -343,7 +349,7 @@ async function nodeStart(args: readonly string[], io: CliIO): Promise<number> {
   const home = values.home ?? defaultHome()
   const logger = makeLogger(io, level, `throughline:${name}`)
   const node = await new Node({ name, logger }).start()
-  const transports = addTransports(node)
+  const transports = addTransports(node, coalesce === undefined ? {} : { coalesceMaxPayload: Number(coalesce) })
   startEcho(node)
   new RelayService(node)
   // what network input may reach on this node: its services, plus any --allow
@@ -811,8 +817,8 @@ async function loadIdentity(home: string, name: string): Promise<{ identity: Ide
 }
 
 /** Every transport the CLI speaks: TCP, WebSocket, serial (serialport is loaded only when a port is opened). */
-function addTransports(node: Node): { tcp: TcpTransport; ws: WebSocketTransport; serial: SerialTransport } {
-  const tcp = new TcpTransport(node)
+function addTransports(node: Node, tcpOptions: TcpTransportOptions = {}): { tcp: TcpTransport; ws: WebSocketTransport; serial: SerialTransport } {
+  const tcp = new TcpTransport(node, tcpOptions)
   const ws = new WebSocketTransport(node)
   const serial = new SerialTransport(node)
   node.addTransport(tcp)

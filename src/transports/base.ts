@@ -73,6 +73,7 @@ export abstract class BaseTransport implements RouterTransport {
   #dialing = new Map<string, PendingDial>()
   #persistent = new Map<string, Persistent>()
   #inbound = new Set<Connection>()
+  #lastRouted: { peer: string; conn: Connection } | undefined
   protected readonly listeners = new Set<Listener>()
   #stopped = false
 
@@ -113,8 +114,11 @@ export abstract class BaseTransport implements RouterTransport {
   route(msg: Message): void {
     const next = msg.onward[0]!
     const peer = next.value
-    const conn = this.connectionTo(peer)
+    // the last peer routed to, remembered: a stream of sends names the same peer (string) each time
+    const last = this.#lastRouted
+    const conn = last !== undefined && last.peer === peer && !last.conn.closed ? last.conn : this.connectionTo(peer)
     if (conn !== undefined) {
+      if (last?.conn !== conn) this.#lastRouted = { peer, conn }
       this.#sendVia(conn, msg)
       return
     }

@@ -382,6 +382,14 @@ t.test('TCP write batching', async (t) => {
   for (let i = 0; i < 1000; i++) link.writeFrame(head, Buffer.alloc(64))
   await sleep(0)
   t.ok(writes.length <= 6, `1000 frames of 73 bytes in ${writes.length} writes`)
+  // a quiet connection lets go of its batch; writing begins a new one
+  await sleep(50)
+  received.length = 0
+  link.trim()
+  link.writeHeartbeat()
+  link.writeFrame(head, hex('0506'))
+  await until(() => Buffer.concat(received).length >= 15, 2000, 'the bytes after trim')
+  t.same(Buffer.concat(received), hex('00000000 00000007 01 03 aabbcc 0506'), 'a heartbeat and a frame after trim()')
   // an orderly close sends what was written before it
   await sleep(50)
   received.length = 0

@@ -79,6 +79,7 @@ export class Connection implements Producer, SinkWorker {
     this.#turnNowValid = false
   }
   #timer: NodeJS.Timeout | undefined
+  #tickMs = Infinity
   #closeListeners: ((err?: ThroughlineError) => void)[] = []
   /** Frames and bytes seen, for diagnostics. */
   readonly counters = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0 }
@@ -110,7 +111,8 @@ export class Connection implements Producer, SinkWorker {
     const { heartbeatInterval, idleTimeout } = this.options
     const tick = Math.min(heartbeatInterval || Infinity, idleTimeout || Infinity)
     if (Number.isFinite(tick)) {
-      this.#timer = setInterval(() => this.#onTick(), Math.max(10, Math.floor(tick / 2)))
+      this.#tickMs = Math.max(10, Math.floor(tick / 2))
+      this.#timer = setInterval(() => this.#onTick(), this.#tickMs)
       this.#timer.unref()
     }
     this.node.emit('connection-open', this.#event())
@@ -137,6 +139,8 @@ export class Connection implements Producer, SinkWorker {
     if (heartbeatInterval > 0 && now - this.#lastSent >= heartbeatInterval) {
       this.#lastSent = now
       this.link.writeHeartbeat()
+    } else if (now - this.#lastSent >= this.#tickMs) {
+      this.link.trim?.() // nothing sent for a tick: no need to keep write buffers
     }
   }
 

@@ -38,7 +38,13 @@ export const DEFAULT_MAX_INBOUND_CONNECTIONS = 4096
  * of nanoseconds; a socket write of its own costs about 150 ns more per frame (perf.md §6).
  */
 export const DEFAULT_TCP_COALESCE_MAX_PAYLOAD = 256
-/** Size of a TCP write batch buffer (a frame head larger than this gets a buffer of its own size). */
+/**
+ * Largest TCP write batch buffer. A connection begins with {@link TCP_BATCH_MIN_BYTES} and doubles
+ * each time one fills, up to this (a frame head larger than this gets a buffer of its own size);
+ * a connection that sent nothing for a heartbeat tick lets go of its buffer.
+ */
 export const TCP_BATCH_BYTES = 64 * 1024
+/** First (and after a quiet spell, again the first) TCP write batch buffer. */
+export const TCP_BATCH_MIN_BYTES = 4 * 1024
 /** A batch holding this many unwritten bytes is written at once, so the socket's backpressure counts it. */
 export const TCP_BATCH_FLUSH_BYTES = 16 * 1024

@@ -13,12 +13,13 @@ import { ADDRESS_TYPE } from '../router/constants.ts'
 import type { Node } from '../router/node.ts'
 import { checkHostPort, splitHostPort } from '../router/route.ts'
 import { BaseTransport, type Listener } from './base.ts'
-import { CONNECTION_VERSION, DEFAULT_TCP_COALESCE_MAX_PAYLOAD, TCP_BATCH_BYTES, TCP_BATCH_FLUSH_BYTES, TCP_LENGTH_PREFIX } from './constants.ts'
+import { CONNECTION_VERSION, DEFAULT_TCP_COALESCE_MAX_PAYLOAD, TCP_BATCH_BYTES, TCP_BATCH_FLUSH_BYTES, TCP_BATCH_MIN_BYTES, TCP_LENGTH_PREFIX } from './constants.ts'
 import { byteView } from '../router/codec.ts'
 import { FrameDecoder } from './frame-decoder.ts'
 import type { Link, ListenOptions, TransportOptions } from './types.ts'
 
 const VERSION = Buffer.from([CONNECTION_VERSION])
+const HEARTBEAT = Buffer.alloc(TCP_LENGTH_PREFIX)
 
 /**
  * A TCP socket as a frame link.
@@ -43,6 +44,7 @@ export class TcpLink implements Link {
   #batch: Buffer = EMPTY
   #start = 0
   #pos = 0
+  #batchSize = TCP_BATCH_MIN_BYTES
   onFrame: (buf: Uint8Array, start?: number, end?: number) => void = () => {}
   onClose: (error?: ThroughlineError) => void = () => {}
   onDrain: () => void = () => {}
@@ -95,13 +97,26 @@ export class TcpLink implements Link {
     if (!this.#closed) this.socket.write(segment)
   }
 
-  /** Makes room for `n` more bytes in the batch: what is there is written and a new buffer is begun when it is full. */
+  /**
+   * Makes room for `n` more bytes in the batch: when it is full, what is there is written and a
+   * new buffer is begun, twice the size of the last (from {@link TCP_BATCH_MIN_BYTES} up to
+   * {@link TCP_BATCH_BYTES}), so that a quiet connection holds little and a busy one writes big.
+   */
   #room(n: number): void {
     if (this.#batch.length - this.#pos >= n) return
     this.#flush()
+    if (this.#batch.length > 0) this.#batchSize = Math.min(this.#batchSize * 2, TCP_BATCH_BYTES)
     // the written part stays with the socket until it is sent: the batch goes on in new memory
-    this.#batch = Buffer.allocUnsafeSlow(Math.max(TCP_BATCH_BYTES, n))
+    this.#batch = Buffer.allocUnsafeSlow(Math.max(this.#batchSize, n))
     this.#start = this.#pos = 0
+  }
+
+  /** Lets go of the write batch's memory (the connection has been quiet): the next write begins a small one. */
+  trim(): void {
+    if (this.#corked || this.#pos !== this.#start) return
+    this.#batch = EMPTY
+    this.#start = this.#pos = 0
+    this.#batchSize = TCP_BATCH_MIN_BYTES
   }
 
   writeFrame(head: Uint8Array, payload: Uint8Array): boolean {
@@ -135,6 +150,11 @@ export class TcpLink implements Link {
 
   writeHeartbeat(): void {
     this.#cork()
+    if (this.#batch.length === 0) {
+      // a quiet connection: no batch to begin for four bytes
+      this.socket.write(HEARTBEAT)
+      return
+    }
     this.#room(TCP_LENGTH_PREFIX)
     this.#batch.fill(0, this.#pos, this.#pos + TCP_LENGTH_PREFIX)
     this.#pos += TCP_LENGTH_PREFIX

@@ -29,6 +29,8 @@ export interface Link {
   writeFrameRange?(head: Buffer, buf: Uint8Array, start: number, end: number): boolean
   /** Writes an empty (heartbeat) frame. */
   writeHeartbeat(): void
+  /** Optional: lets go of memory kept for writing; called when nothing was sent for a while. */
+  trim?(): void
   /** Stops / restarts delivery of received frames (counted by the Connection, not here). */
   pause(): void
   resume(): void

@@ -95,11 +95,12 @@ export interface ForwarderOptions {
  * Opaque outside the node.
  */
 export interface RoutePlan {
-  readonly epoch: number
   /** Every flow control consulted, and its version then. */
   readonly flows: readonly FlowControl[]
   readonly versions: readonly (number | undefined)[]
   readonly forwarders: readonly WorkerEntry[]
+  /** Each forwarder's route then (a forwarder's new route is a new array). */
+  readonly routes: readonly (readonly Address[])[]
   /** Where the message ends: a sink with a pre-encoded writer, or a worker. */
   readonly target: WorkerEntry
   readonly writer: TransitWriter | undefined
@@ -268,12 +269,6 @@ export class Node extends EventEmitter {
   #state: 'new' | 'running' | 'stopping' | 'stopped' = 'new'
   #depth = 0
   #pendingRequests = new Set<(err: Error) => void>()
-  /**
-   * Changes with anything that can change where a message goes (workers started or stopped,
-   * transports added, forwarder routes set, the node stopping): transit plans of an older epoch
-   * are not used.
-   */
-  #epoch = 0
 
   constructor(options: NodeOptions = {}) {
     super()
@@ -310,7 +305,6 @@ export class Node extends EventEmitter {
       throw tlError('ERR_ADDRESS_IN_USE', `a transport for address type ${transport.type} is already registered`)
     }
     this.#transports.set(transport.type, transport)
-    this.#epoch++
   }
 
   /** The transport registered for an address type. */
@@ -337,7 +331,7 @@ export class Node extends EventEmitter {
    * ({@link planRoute}), which then forwards a stream's frames without decoding them again.
    */
   startForwarder(addr: AddressLike, route: readonly Address[], options: ForwarderOptions = {}): Forwarder {
-    const state = { route, flow: options.flow }
+    const state = { route: Object.freeze([...route]) as readonly Address[], flow: options.flow }
     const onEnd = options.onEnd
     const onStop = options.onStop
     const entry = this.#addWorker(
@@ -363,15 +357,13 @@ export class Node extends EventEmitter {
       options.layer === undefined ? {} : { layer: options.layer },
     )
     entry.forwarder = state
-    const bump = (): void => void this.#epoch++
     return {
       address: entry.ctx.address,
       get route() {
         return state.route
       },
       set route(r: readonly Address[]) {
-        state.route = r
-        bump()
+        state.route = Object.freeze([...r]) // a new array: route plans made with the old one see the change
       },
       stop: () => entry.ctx.stop(),
     }
@@ -388,7 +380,6 @@ export class Node extends EventEmitter {
     const entry = new WorkerEntry(worker, list, options, options.mailboxCapacity ?? this.limits.mailboxCapacity)
     entry.ctx = this.#makeContext(entry)
     for (const a of list) this.#workers.set(a.text, entry)
-    this.#epoch++
     return entry
   }
 
@@ -407,7 +398,6 @@ export class Node extends EventEmitter {
   async #stopEntry(entry: WorkerEntry): Promise<void> {
     if (entry.stopped) return
     entry.stopped = true
-    this.#epoch++
     for (const a of entry.addresses) if (this.#workers.get(a.text) === entry) this.#workers.delete(a.text)
     // messages still queued are dropped, counted
     for (let i = entry.head; i < entry.queue.length; i++) {
@@ -535,8 +525,9 @@ export class Node extends EventEmitter {
    * - at a worker (a device: connection → its relay client → `sink`),
    * with no access-control predicate on the way. Returns undefined otherwise. A transport
    * connection plans once for a header that repeats, then hands each further frame with that
-   * header to {@link runPlan}. The plan holds while the node's epoch and every consulted flow's
-   * version stay as they were; runPlan checks them.
+   * header to {@link runPlan}. The plan holds ({@link planHolds}) while the node runs, no worker
+   * on its way has stopped, no forwarder on it has a new route and every consulted flow keeps its
+   * version. (A worker started since cannot change it: a plan's addresses were all taken.)
    */
   planRoute(onward: readonly Address[], ret: readonly Address[], local: LocalInfo): RoutePlan | undefined {
     if (this.#state !== 'running' || !this.fastPath) return undefined
@@ -545,6 +536,7 @@ export class Node extends EventEmitter {
     const flows: FlowControl[] = []
     const versions: (number | undefined)[] = []
     const forwarders: WorkerEntry[] = []
+    const routes: (readonly Address[])[] = []
     for (let hop = 0; hop <= MAX_PLANNED_FORWARDERS; hop++) {
       // what route() checks, in its order
       const next = o[0]
@@ -560,7 +552,7 @@ export class Node extends EventEmitter {
         if (!entry.options.acceptsNetwork && !flow.allows(next) && !(flow.transit && entry.options.layer === 'transport')) return undefined
       }
       if (entry.options.incoming !== undefined) return undefined
-      const plan = { epoch: this.#epoch, flows, versions, forwarders, target: entry, onward: o, return: ret, local: loc }
+      const plan = { flows, versions, forwarders, routes, target: entry, onward: o, return: ret, local: loc }
       if (entry.isSink) {
         const writer = (entry.worker as SinkWorker).transitWriter?.(o, ret)
         return writer === undefined ? undefined : { ...plan, writer }
@@ -574,6 +566,7 @@ export class Node extends EventEmitter {
       o = [...fw.route, ...o.slice(1)]
       loc = { flow: fw.flow, producer: loc.producer, connection: loc.connection }
       forwarders.push(entry)
+      routes.push(fw.route)
     }
     return undefined
   }
@@ -581,12 +574,11 @@ export class Node extends EventEmitter {
   /**
    * Delivers one message, whose payload is `buf[start, end)`, by a plan from {@link planRoute}, as route() would: counted, written by
    * the plan's writer or queued for its worker, with the same backpressure. Returns false, having
-   * done nothing, when the plan no longer holds or the payload does not fit (then route() it).
+   * done nothing, when the plan no longer holds, a forwarder on its way has messages waiting, or
+   * the payload does not fit (then route() it).
    */
   runPlan(plan: RoutePlan, buf: Uint8Array, start: number, end: number): boolean {
-    if (plan.epoch !== this.#epoch || this.#state !== 'running') return false
-    const flows = plan.flows
-    for (let i = 0; i < flows.length; i++) if (flows[i]!.version !== plan.versions[i]) return false
+    if (!this.planHolds(plan)) return false
     const fws = plan.forwarders
     // a forwarder with messages waiting (or busy) would deliver after this one: keep the order
     for (let i = 0; i < fws.length; i++) if (fws[i]!.running || fws[i]!.head < fws[i]!.queue.length) return false
@@ -604,6 +596,16 @@ export class Node extends EventEmitter {
       target.waiting.add(producer)
       producer.pause()
     }
+    return true
+  }
+
+  /** Does `plan` still give what route() would? (See {@link planRoute}.) */
+  planHolds(plan: RoutePlan): boolean {
+    if (this.#state !== 'running' || plan.target.stopped) return false
+    const flows = plan.flows
+    for (let i = 0; i < flows.length; i++) if (flows[i]!.version !== plan.versions[i]) return false
+    const fws = plan.forwarders
+    for (let i = 0; i < fws.length; i++) if (fws[i]!.stopped || fws[i]!.forwarder!.route !== plan.routes[i]) return false
     return true
   }
 
@@ -800,7 +802,6 @@ export class Node extends EventEmitter {
       await Promise.all([...entries].map((e) => this.#stopEntry(e)))
     }
     this.#state = 'stopping'
-    this.#epoch++
     await Promise.all([...this.#transports.values()].map((t) => t.stop()))
     this.#state = 'stopped'
   }

@@ -21,6 +21,11 @@ import type { LocalInfo, Message, Producer } from '../router/message.ts'
 import type { Node, RoutePlan, SinkWorker, TransitWriter, WorkerContext } from '../router/node.ts'
 import type { Link } from './types.ts'
 
+/** Frames with an unplannable header before planning is tried again (the first time). */
+const MIN_PLAN_RETRY_FRAMES = 16
+/** The longest wait, in frames, before trying again to plan a header that could not be planned. */
+const MAX_PLAN_RETRY_FRAMES = 4096
+
 export interface ConnectionOptions {
   transport: string
   /** Peer key in the registry (`host:port`), for logs and events. */
@@ -62,6 +67,12 @@ export class Connection implements Producer, SinkWorker {
    */
   #plan: RoutePlan | undefined
   #planGeneration = -1
+  /**
+   * When a header could not be planned (its way cannot be, or it was refused then), planning is
+   * tried again after this many more frames with it, doubling up to {@link MAX_PLAN_RETRY_FRAMES}.
+   */
+  #planRetry = 0
+  #planRetryAt = 0
   /** The node-local metadata of every inbound message: the same for all of them, so shared (frozen). */
   #inboundLocal: LocalInfo
   #paused = 0
@@ -81,8 +92,8 @@ export class Connection implements Producer, SinkWorker {
   #timer: NodeJS.Timeout | undefined
   #tickMs = Infinity
   #closeListeners: ((err?: ThroughlineError) => void)[] = []
-  /** Frames and bytes seen, for diagnostics. */
-  readonly counters = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0 }
+  /** Frames and bytes seen, and the frames in that took the fast path (a route plan), for diagnostics. */
+  readonly counters = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0, planned: 0 }
 
   constructor(node: Node, link: Link, options: ConnectionOptions) {
     this.node = node
@@ -214,7 +225,14 @@ export class Connection implements Producer, SinkWorker {
     if (this.#plan !== undefined && this.#planGeneration === cache.generation) {
       // fast path: the header of the plan again, and the plan still holds
       const at = cachedPayloadOffset(buf, start, end, this.#limits, cache)
-      if (at >= 0 && this.node.runPlan(this.#plan, buf, at, end)) return
+      if (at >= 0) {
+        if (this.node.runPlan(this.#plan, buf, at, end)) {
+          this.counters.planned++
+          return
+        }
+        // a plan that no longer holds is made again after this frame's route()
+        if (!this.node.planHolds(this.#plan)) this.#planGeneration = -1
+      }
     }
     const frame = start === 0 && end === buf.length ? buf : byteView(buf, start, end)
     let env
@@ -231,10 +249,16 @@ export class Connection implements Producer, SinkWorker {
     ret[0] = this.address
     for (let i = 0; i < r.length; i++) ret[i + 1] = r[i]!
     this.node.route({ onward: env.onward, return: ret, payload: env.payload, local: this.#inboundLocal })
-    // a header that came twice in a row: plan its route (once per header), for the next frames
-    if (cache.lastHit && this.#planGeneration !== cache.generation && !this.#closed) {
+    // a header that came twice in a row: plan its route for the next frames (once per header, or
+    // again after a while if it could not be planned: what refused it may change)
+    if (cache.lastHit && !this.#closed && (this.#planGeneration !== cache.generation || (this.#plan === undefined && this.counters.framesIn >= this.#planRetryAt))) {
+      if (this.#planGeneration !== cache.generation) this.#planRetry = 0
       this.#planGeneration = cache.generation
       this.#plan = this.node.planRoute(env.onward, ret, this.#inboundLocal)
+      if (this.#plan === undefined) {
+        this.#planRetry = Math.min(Math.max(MIN_PLAN_RETRY_FRAMES, this.#planRetry * 2), MAX_PLAN_RETRY_FRAMES)
+        this.#planRetryAt = this.counters.framesIn + this.#planRetry
+      }
     }
   }
 

@@ -80,6 +80,9 @@ t.test('through a relay: every message arrives, in order, with the same counters
     t.equal(m.return.length, 2, 'return: D’s connection to R, then R’s connection to S')
     t.ok(m.local.flow !== undefined && m.local.flow.allows(local('sink')) && !m.local.flow.allows(local('other')), 'under the relay client’s allow-list')
     t.ok(m.local.producer !== undefined, 'with its producer, for backpressure')
+    t.ok(Buffer.isBuffer(m.payload) && m.payload instanceof Buffer, 'its payload is a Buffer (a view of the received chunk)')
+    t.equal((m.payload as Buffer).readUInt32BE(0), 4999, 'with the Buffer methods')
+    t.ok((m.payload as Buffer).subarray(0, 4).equals(Buffer.from([0, 0, 0x13, 0x87])))
   }
   const [slow, fast] = results
   t.equal(fast!.n, 5000)

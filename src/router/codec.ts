@@ -344,9 +344,18 @@ export interface DecodeCache {
 
 const DECODE_CACHE_BYTES = 512
 
-/** `buf.subarray(start, end)`: the same view, made by Buffer.from for a Buffer (half the cost). */
+/**
+ * A Buffer view made without `Buffer.from`'s argument checks: a Uint8Array subclass whose
+ * prototype chain holds `Buffer.prototype`, as Node's own FastBuffer is made. It is a Buffer in
+ * every respect that matters (`instanceof Buffer`, `Buffer.isBuffer`, every Buffer method), and
+ * costs about 25 ns to make where `Buffer.from(arrayBuffer, offset, length)` costs 80 here.
+ */
+class BufferView extends Uint8Array {}
+Object.setPrototypeOf(BufferView.prototype, Buffer.prototype)
+
+/** `buf.subarray(start, end)`: the same view (a Buffer when `buf` is one), made cheaply. */
 export function byteView(buf: Uint8Array, start: number, end: number): Uint8Array {
-  return buf instanceof Buffer ? Buffer.from(buf.buffer, buf.byteOffset + start, end - start) : buf.subarray(start, end)
+  return buf instanceof Buffer ? (new BufferView(buf.buffer, buf.byteOffset + start, end - start) as Buffer) : buf.subarray(start, end)
 }
 
 function tail(frame: Uint8Array, start: number): Uint8Array {
@@ -392,7 +401,7 @@ let dvOf: Uint8Array | undefined
 let dvLast: DataView = new DataView(new ArrayBuffer(0))
 
 /** A DataView of `buf`, the same one for calls on the same buffer in a row (the frames of one chunk). */
-function dataViewOf(buf: Uint8Array): DataView {
+export function dataViewOf(buf: Uint8Array): DataView {
   if (buf !== dvOf) {
     dvOf = buf
     dvLast = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)

@@ -62,6 +62,8 @@ export interface TransitWriter {
   readonly maxPayload: number
   /** Writes one message with the payload `buf[start, end)`; false when the sink is full (as its handleMessage). */
   write(buf: Uint8Array, start: number, end: number): boolean
+  /** Optional: as `write`, with the payload `pieces[0][start…]` then the other pieces (`length` bytes in all). */
+  writePieces?(pieces: readonly Uint8Array[], start: number, length: number): boolean
 }
 
 /**
@@ -593,6 +595,26 @@ export class Node extends EventEmitter {
     this.stats.delivered += fws.length + 1
     const producer = plan.local.producer
     if (!writer.write(buf, start, end) && producer !== undefined && !target.waiting.has(producer)) {
+      target.waiting.add(producer)
+      producer.pause()
+    }
+    return true
+  }
+
+  /**
+   * As {@link runPlan}, for a frame whose payload is `pieces[0][start…]` followed by the other
+   * pieces (`length` bytes in all), written on without being gathered. Only plans that end at a
+   * sink whose writer takes pieces; returns false, having done nothing, otherwise.
+   */
+  runPlanPieces(plan: RoutePlan, pieces: readonly Uint8Array[], start: number, length: number): boolean {
+    const writer = plan.writer
+    if (writer?.writePieces === undefined || length > writer.maxPayload || !this.planHolds(plan)) return false
+    const fws = plan.forwarders
+    for (let i = 0; i < fws.length; i++) if (fws[i]!.running || fws[i]!.head < fws[i]!.queue.length) return false
+    this.stats.delivered += fws.length + 1
+    const target = plan.target
+    const producer = plan.local.producer
+    if (!writer.writePieces(pieces, start, length) && producer !== undefined && !target.waiting.has(producer)) {
       target.waiting.add(producer)
       producer.pause()
     }

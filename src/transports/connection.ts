@@ -104,6 +104,7 @@ export class Connection implements Producer, SinkWorker {
     this.#lastSent = this.#lastReceived = node.now()
     this.#inboundLocal = Object.freeze({ flow: options.flow, producer: this as Producer, connection: this.address })
     link.onFrame = (buf, start, end) => this.#onFrame(buf, start ?? 0, end ?? buf.length)
+    link.onFramePieces = (pieces, length) => this.#onFramePieces(pieces, length)
     link.onClose = (e) => this.#onLinkClose(e)
     link.onDrain = () => this.#ctx?.drained()
   }
@@ -177,7 +178,15 @@ export class Connection implements Producer, SinkWorker {
     const head = encodeHeadFrom(onward, 1, ret)
     const maxPayload = this.options.maxFrameSize - head.length
     if (maxPayload < 0) return undefined
-    return { maxPayload, write: (buf, start, end) => this.#writeRange(head, buf, start, end) }
+    const link = this.link
+    const writer: TransitWriter = { maxPayload, write: (buf, start, end) => this.#writeRange(head, buf, start, end) }
+    if (link.writeFramePieces !== undefined) {
+      writer.writePieces = (pieces, start, length) => {
+        this.#count(head.length + length)
+        return link.writeFramePieces!(head, pieces, start, length)
+      }
+    }
+    return writer
   }
 
   #write(head: Buffer, payload: Uint8Array): boolean {
@@ -213,6 +222,24 @@ export class Connection implements Producer, SinkWorker {
   }
 
   // ---------------------------------------------------------------- inbound
+
+  /**
+   * A frame that arrived in pieces: taken as it is when its header (all in the first piece) is the
+   * planned one and the plan writes to a connection (a relay hop of a large message: no gathering
+   * copy); otherwise false, and the link gathers it for {@link #onFrame}.
+   */
+  #onFramePieces(pieces: readonly Uint8Array[], length: number): boolean {
+    const plan = this.#plan
+    if (this.#closed || plan === undefined || plan.writer === undefined || this.#planGeneration !== this.#decodeCache.generation) return false
+    const first = pieces[0]!
+    const at = cachedPayloadOffset(first, 0, first.length, this.#limits, this.#decodeCache)
+    if (at < 0 || !this.node.runPlanPieces(plan, pieces, at, length - at)) return false
+    this.#lastReceived = this.#now()
+    this.counters.framesIn++
+    this.counters.bytesIn += length
+    this.counters.planned++
+    return true
+  }
 
   /** One received frame: `buf[start, end)`. */
   #onFrame(buf: Uint8Array, start: number, end: number): void {

@@ -24,6 +24,8 @@ const EMPTY = Buffer.alloc(0)
 
 /** Takes one frame: `buf[start, end)`. */
 export type FrameCallback = (buf: Buffer, start: number, end: number) => void
+/** May take one frame of `length` bytes as the pieces it arrived in (true: taken; false: gather it). */
+export type PiecesCallback = (pieces: readonly Buffer[], length: number) => boolean
 
 export class FrameDecoder {
   readonly maxFrameSize: number
@@ -46,10 +48,12 @@ export class FrameDecoder {
   /**
    * Feeds a chunk; calls `onFrame(buf, start, end)` for every complete frame `buf[start, end)`
    * (empty for heartbeats), in order: a frame inside the chunk is passed as its range of the
-   * chunk (no view is made), one that straddled chunks as a buffer of its own.
+   * chunk (no view is made), one that straddled chunks as a buffer of its own — unless
+   * `onPieces` is given and takes the frame as its pieces (returns true): a forwarding node then
+   * writes them on without gathering them.
    * Throws ERR_UNSUPPORTED_VERSION or ERR_FRAME_TOO_LARGE; the decoder is then unusable.
    */
-  push(chunk: Buffer, onFrame: FrameCallback): void {
+  push(chunk: Buffer, onFrame: FrameCallback, onPieces?: PiecesCallback): void {
     const n = chunk.length
     let off = 0
     while (off < n) {
@@ -78,9 +82,14 @@ export class FrameDecoder {
       this.#partBytes += take
       off += take
       if (this.#partBytes < need) break
-      const whole = this.#parts.length === 1 ? this.#parts[0]! : Buffer.concat(this.#parts, need)
+      const parts = this.#parts
       this.#parts = []
       this.#partBytes = 0
+      if (this.#state === BODY && parts.length > 1 && onPieces !== undefined && onPieces(parts, need)) {
+        this.#state = LENGTH
+        continue
+      }
+      const whole = parts.length === 1 ? parts[0]! : Buffer.concat(parts, need)
       if (this.#state === LENGTH) {
         this.#onLength(whole.readUInt32BE(0), onFrame)
       } else {

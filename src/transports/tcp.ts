@@ -51,6 +51,8 @@ export class TcpLink implements Link {
   onDrain: () => void = () => {}
   /** Hands each decoded frame to `onFrame` (one function for the link's life, not one per chunk). */
   readonly #deliver = (buf: Buffer, start: number, end: number): void => this.onFrame(buf, start, end)
+  onFramePieces: ((pieces: readonly Uint8Array[], length: number) => boolean) | undefined
+  readonly #deliverPieces = (pieces: readonly Buffer[], length: number): boolean => this.onFramePieces?.(pieces, length) ?? false
   readonly #endTurn = (): void => {
     this.#corked = false
     this.#flush()
@@ -67,7 +69,7 @@ export class TcpLink implements Link {
     socket.on('data', (chunk: Buffer) => {
       if (this.#closed) return
       try {
-        this.#decoder.push(chunk, this.#deliver)
+        this.#decoder.push(chunk, this.#deliver, this.#deliverPieces)
       } catch (err) {
         this.close(isThroughlineError(err) ? err : tlError('ERR_MALFORMED_ENVELOPE', String(err), { cause: err }))
       }
@@ -148,6 +150,26 @@ export class TcpLink implements Link {
       this.#flush()
       this.socket.write(start === 0 && end === buf.length ? buf : byteView(buf, start, end))
     }
+    return !this.socket.writableNeedDrain
+  }
+
+  writeFramePieces(head: Uint8Array, pieces: readonly Uint8Array[], start: number, length: number): boolean {
+    const h = head.length
+    this.#cork()
+    this.#room(TCP_LENGTH_PREFIX + h)
+    const b = this.#batch
+    const p = this.#pos
+    const total = h + length
+    b[p] = total >>> 24
+    b[p + 1] = (total >>> 16) & 0xff
+    b[p + 2] = (total >>> 8) & 0xff
+    b[p + 3] = total & 0xff
+    this.#pos = copyBytes(b, this.#batchView, head, 0, h, p + TCP_LENGTH_PREFIX)
+    this.#flush()
+    // the pieces as they are (zero-copy), the first from where the payload begins
+    const first = pieces[0]!
+    if (start < first.length) this.socket.write(start === 0 ? first : byteView(first, start, first.length))
+    for (let i = 1; i < pieces.length; i++) this.socket.write(pieces[i]!)
     return !this.socket.writableNeedDrain
   }
 

@@ -27,6 +27,11 @@ export interface Link {
    * so that a forwarding node need not make a view of it).
    */
   writeFrameRange?(head: Buffer, buf: Uint8Array, start: number, end: number): boolean
+  /**
+   * Optional: as `writeFrame`, with the payload `pieces[0][start…]` then the other pieces whole
+   * (`length` bytes in all): a frame forwarded without gathering its pieces.
+   */
+  writeFramePieces?(head: Buffer, pieces: readonly Uint8Array[], start: number, length: number): boolean
   /** Writes an empty (heartbeat) frame. */
   writeHeartbeat(): void
   /** Optional: lets go of memory kept for writing; called when nothing was sent for a while. */
@@ -36,6 +41,12 @@ export interface Link {
   resume(): void
   /** Closes the link; `onClose` follows once. */
   close(error?: ThroughlineError): void
+  /**
+   * Optional, set by the Connection (links that receive frames in pieces, as TCP): may take a
+   * frame that arrived in several pieces without their being gathered; returns false when it
+   * does not, and the link then passes the frame to `onFrame` as one buffer.
+   */
+  onFramePieces?: ((pieces: readonly Uint8Array[], length: number) => boolean) | undefined
   /**
    * Set by the Connection: a received frame (empty = heartbeat). The frame is `buf[start, end)`
    * when `start` and `end` are given (a range of a received chunk, so that no view need be made

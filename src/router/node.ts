@@ -500,6 +500,24 @@ export class Node extends EventEmitter {
       transport.route(msg)
       return
     }
+    this.#routeLocal(next, msg)
+  }
+
+  /**
+   * For transports: routes `msg`, whose next hop names a peer, to the local worker `to` (the
+   * connection to that peer), as {@link route} routes a message whose next hop is `to` — the same
+   * checks, counts and backpressure — without building a new message for it.
+   */
+  routeTo(to: Address, msg: Message): void {
+    if (this.#state !== 'running') {
+      this.drop('node-stopped', tlError('ERR_STOPPED', `node ${this.name} is ${this.#state}`), msg, undefined)
+      return
+    }
+    this.#routeLocal(to, msg)
+  }
+
+  #routeLocal(next: Address, msg: Message): void {
+    const flow = msg.local.flow
     const entry = this.#workers.get(next.text)
     if (entry === undefined) {
       this.drop('no-such-address', tlError('ERR_NO_SUCH_ADDRESS', `no worker at ${next.text}`), msg, next.text)

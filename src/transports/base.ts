@@ -141,10 +141,9 @@ export abstract class BaseTransport implements RouterTransport {
   }
 
   #sendVia(conn: Connection, msg: Message): void {
-    // re-route through the connection's worker address so backpressure applies as for any worker
-    const onward = msg.onward.slice()
-    onward[0] = conn.address
-    this.node.route({ onward, return: msg.return, payload: msg.payload, local: msg.local })
+    // through the connection's worker address, so that backpressure applies as for any worker
+    // (the connection pops the first hop, whichever address names it)
+    this.node.routeTo(conn.address, msg)
   }
 
   /**

@@ -598,24 +598,15 @@ export class Node extends EventEmitter {
    * the payload does not fit (then route() it).
    */
   runPlan(plan: RoutePlan, buf: Uint8Array, start: number, end: number): boolean {
-    if (!this.planHolds(plan)) return false
-    const fws = plan.forwarders
-    // a forwarder with messages waiting (or busy) would deliver after this one: keep the order
-    for (let i = 0; i < fws.length; i++) if (fws[i]!.running || fws[i]!.head < fws[i]!.queue.length) return false
+    if (!this.#planReady(plan)) return false
     const writer = plan.writer
-    const target = plan.target
     if (writer === undefined) {
-      this.stats.delivered += fws.length
-      this.#enqueue(target, { onward: plan.onward, return: plan.return, payload: byteView(buf, start, end), local: plan.local })
+      this.stats.delivered += plan.forwarders.length
+      this.#enqueue(plan.target, { onward: plan.onward, return: plan.return, payload: byteView(buf, start, end), local: plan.local })
       return true
     }
     if (end - start > writer.maxPayload) return false
-    this.stats.delivered += fws.length + 1
-    const producer = plan.local.producer
-    if (!writer.write(buf, start, end) && producer !== undefined && !target.waiting.has(producer)) {
-      target.waiting.add(producer)
-      producer.pause()
-    }
+    this.#planWritten(plan, writer.write(buf, start, end))
     return true
   }
 
@@ -626,17 +617,28 @@ export class Node extends EventEmitter {
    */
   runPlanPieces(plan: RoutePlan, pieces: readonly Uint8Array[], start: number, length: number): boolean {
     const writer = plan.writer
-    if (writer?.writePieces === undefined || length > writer.maxPayload || !this.planHolds(plan)) return false
+    if (writer?.writePieces === undefined || length > writer.maxPayload || !this.#planReady(plan)) return false
+    this.#planWritten(plan, writer.writePieces(pieces, start, length))
+    return true
+  }
+
+  /** The plan holds, and no forwarder on its way has messages waiting (or is busy): this one would overtake them. */
+  #planReady(plan: RoutePlan): boolean {
+    if (!this.planHolds(plan)) return false
     const fws = plan.forwarders
     for (let i = 0; i < fws.length; i++) if (fws[i]!.running || fws[i]!.head < fws[i]!.queue.length) return false
-    this.stats.delivered += fws.length + 1
-    const target = plan.target
+    return true
+  }
+
+  /** Counts a message written by a plan's writer, as route() counts it, and pauses its producer when the sink is full. */
+  #planWritten(plan: RoutePlan, ok: boolean): void {
+    this.stats.delivered += plan.forwarders.length + 1
     const producer = plan.local.producer
-    if (!writer.writePieces(pieces, start, length) && producer !== undefined && !target.waiting.has(producer)) {
+    const target = plan.target
+    if (!ok && producer !== undefined && !target.waiting.has(producer)) {
       target.waiting.add(producer)
       producer.pause()
     }
-    return true
   }
 
   /** Does `plan` still give what route() would? (See {@link planRoute}.) */

@@ -51,7 +51,7 @@ export interface SinkWorker {
   onStop?(ctx: WorkerContext): void | Promise<void>
   /**
    * Optional (transport connections): a writer for messages that will reach this sink with
-   * exactly these routes, their encoding done once — for the node's transit fast path.
+   * exactly these routes, their encoding done once — for route plans ({@link Node.planRoute}).
    */
   transitWriter?(onward: readonly Address[], ret: readonly Address[]): TransitWriter | undefined
 }

@@ -8,8 +8,8 @@
 import { randomBytes } from 'node:crypto'
 import { link, open, rename, unlink } from 'node:fs/promises'
 
-/** Writes `data` to `path` atomically (temp file, fsync, rename). */
-export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
+/** Writes `data` to a new temp file beside `path` and fsyncs it; returns its name (removed again on failure). */
+async function writeTemp(path: string, data: string | Uint8Array, mode: number): Promise<string> {
   const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
   const fh = await open(tmp, 'wx', mode)
   try {
@@ -19,6 +19,17 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
     } finally {
       await fh.close()
     }
+  } catch (err) {
+    await unlink(tmp).catch(() => {})
+    throw err
+  }
+  return tmp
+}
+
+/** Writes `data` to `path` atomically (temp file, fsync, rename). */
+export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
+  const tmp = await writeTemp(path, data, mode)
+  try {
     await rename(tmp, path)
   } catch (err) {
     await unlink(tmp).catch(() => {})
@@ -31,15 +42,8 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
  * the Node error code EEXIST when the name is taken, without a window for a race.
  */
 export async function writeFileExclusive(path: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
-  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
-  const fh = await open(tmp, 'wx', mode)
+  const tmp = await writeTemp(path, data, mode)
   try {
-    try {
-      await fh.writeFile(data)
-      await fh.sync()
-    } finally {
-      await fh.close()
-    }
     await link(tmp, path)
   } finally {
     await unlink(tmp).catch(() => {})

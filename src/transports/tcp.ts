@@ -128,25 +128,32 @@ export class TcpLink implements Link {
     return this.writeFrameRange(head, payload, 0, payload.length)
   }
 
-  writeFrameRange(head: Uint8Array, buf: Uint8Array, start: number, end: number): boolean {
+  /**
+   * Begins a frame in the batch: the length prefix of a `head` followed by `n` payload bytes, then
+   * the head, with room left for `room` more bytes. The batch position is after the head.
+   */
+  #begin(head: Uint8Array, n: number, room: number): void {
     const h = head.length
-    const n = end - start
     const length = h + n
-    const copy = n <= this.coalesceMaxPayload
     this.#cork()
-    this.#room(TCP_LENGTH_PREFIX + h + (copy ? n : 0))
+    this.#room(TCP_LENGTH_PREFIX + h + room)
     const b = this.#batch
-    let p = this.#pos
+    const p = this.#pos
     b[p] = length >>> 24
     b[p + 1] = (length >>> 16) & 0xff
     b[p + 2] = (length >>> 8) & 0xff
     b[p + 3] = length & 0xff
-    p = copyBytes(b, this.#batchView, head, 0, h, p + TCP_LENGTH_PREFIX)
-    if (copy) {
-      this.#pos = copyBytes(b, this.#batchView, buf, start, end, p)
+    this.#pos = copyBytes(b, this.#batchView, head, 0, h, p + TCP_LENGTH_PREFIX)
+  }
+
+  writeFrameRange(head: Uint8Array, buf: Uint8Array, start: number, end: number): boolean {
+    const n = end - start
+    if (n <= this.coalesceMaxPayload) {
+      this.#begin(head, n, n)
+      this.#pos = copyBytes(this.#batch, this.#batchView, buf, start, end, this.#pos)
       if (this.#pos - this.#start >= TCP_BATCH_FLUSH_BYTES) this.#flush()
     } else {
-      this.#pos = p
+      this.#begin(head, n, 0)
       this.#flush()
       this.socket.write(start === 0 && end === buf.length ? buf : byteView(buf, start, end))
     }
@@ -154,17 +161,7 @@ export class TcpLink implements Link {
   }
 
   writeFramePieces(head: Uint8Array, pieces: readonly Uint8Array[], start: number, length: number): boolean {
-    const h = head.length
-    this.#cork()
-    this.#room(TCP_LENGTH_PREFIX + h)
-    const b = this.#batch
-    const p = this.#pos
-    const total = h + length
-    b[p] = total >>> 24
-    b[p + 1] = (total >>> 16) & 0xff
-    b[p + 2] = (total >>> 8) & 0xff
-    b[p + 3] = total & 0xff
-    this.#pos = copyBytes(b, this.#batchView, head, 0, h, p + TCP_LENGTH_PREFIX)
+    this.#begin(head, length, 0)
     this.#flush()
     // the pieces as they are (zero-copy), the first from where the payload begins
     const first = pieces[0]!
@@ -174,15 +171,13 @@ export class TcpLink implements Link {
   }
 
   writeHeartbeat(): void {
-    this.#cork()
-    if (this.#batch.length === 0) {
-      // a quiet connection: no batch to begin for four bytes
-      this.socket.write(HEARTBEAT)
+    if (this.#batch.length > 0) {
+      this.#begin(EMPTY, 0, 0) // an empty frame: its length prefix, 0
       return
     }
-    this.#room(TCP_LENGTH_PREFIX)
-    this.#batch.fill(0, this.#pos, this.#pos + TCP_LENGTH_PREFIX)
-    this.#pos += TCP_LENGTH_PREFIX
+    // a quiet connection: no batch to begin for four bytes
+    this.#cork()
+    this.socket.write(HEARTBEAT)
   }
 
   pause(): void {

@@ -386,15 +386,22 @@ export function cachedPayloadOffset(buf: Uint8Array, start: number, end: number,
     shift += 7
   }
   if (v !== hlen || p + hlen > end) return -1
-  // four bytes at a time through a DataView of the chunk (made once per chunk): about half the
-  // time of a byte loop for the ~100-byte headers of relayed traffic
+  return sameHeader(cache, buf, p, hlen) ? p + hlen : -1
+}
+
+/**
+ * Are `buf[p, p + hlen)` the cached header's bytes? Four bytes at a time through a DataView of
+ * `buf` (one per chunk when frames are ranges of it): about half the time of a byte loop for the
+ * ~100-byte headers of relayed traffic.
+ */
+function sameHeader(cache: DecodeCache, buf: Uint8Array, p: number, hlen: number): boolean {
   const d = dataViewOf(buf)
   const w = cache.words
   let i = 0
-  for (; i + 4 <= hlen; i += 4) if (d.getUint32(p + i, true) !== w[i >> 2]) return -1
+  for (; i + 4 <= hlen; i += 4) if (d.getUint32(p + i, true) !== w[i >> 2]) return false
   const b = cache.bytes
-  for (; i < hlen; i++) if (b[i] !== buf[p + i]) return -1
-  return p + hlen
+  for (; i < hlen; i++) if (b[i] !== buf[p + i]) return false
+  return true
 }
 
 let dvOf: Uint8Array | undefined
@@ -410,10 +417,7 @@ export function dataViewOf(buf: Uint8Array): DataView {
 }
 
 function cacheHit(cache: DecodeCache, frame: Uint8Array, p: number, hlen: number, limits: CodecLimits): boolean {
-  if (cache.length !== hlen || cache.limits !== limits) return false
-  const b = cache.bytes
-  for (let i = 0; i < hlen; i++) if (b[i] !== frame[p + i]) return false
-  return true
+  return cache.length === hlen && cache.limits === limits && sameHeader(cache, frame, p, hlen)
 }
 
 /**

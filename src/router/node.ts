@@ -249,6 +249,23 @@ function isThenable(v: unknown): v is PromiseLike<unknown> {
 }
 
 const EMPTY_LOCAL: LocalInfo = Object.freeze({}) as LocalInfo
+/**
+ * Does network input of `flow` stay away from the worker `entry` at `next`? It may reach a worker
+ * that accepts network input, one its flow allows, or — with transit — a transport connection.
+ */
+function flowRefuses(flow: FlowControl, entry: WorkerEntry, next: Address): boolean {
+  return !entry.options.acceptsNetwork && !flow.allows(next) && !(flow.transit && entry.options.layer === 'transport')
+}
+
+/** A forwarder's onward route for a message: its `route`, then the rest of `onward` after the forwarder (no concat/slice: hot path). */
+function forwardedRoute(route: readonly Address[], onward: readonly Address[]): Address[] {
+  const out = new Array<Address>(route.length + onward.length - 1)
+  let i = 0
+  for (; i < route.length; i++) out[i] = route[i]!
+  for (let j = 1; j < onward.length; j++) out[i++] = onward[j]!
+  return out
+}
+
 /** Most forwarders one transit plan passes through. */
 const MAX_PLANNED_FORWARDERS = 4
 
@@ -340,19 +357,11 @@ export class Node extends EventEmitter {
       addr,
       {
         handleMessage: (ctx, m) => {
-          // onward = the route, then the rest of the message's route (hot path: no concat/slice)
-          const r = state.route
-          const rest = m.onward
-          const n = r.length + rest.length - 1
-          if (n === 0 && onEnd !== undefined) {
+          if (state.route.length + m.onward.length - 1 === 0 && onEnd !== undefined) {
             onEnd(m)
             return
           }
-          const onward = new Array<Address>(n)
-          let i = 0
-          for (; i < r.length; i++) onward[i] = r[i]!
-          for (let j = 1; j < rest.length; j++) onward[i++] = rest[j]!
-          ctx.forward(m, { onward, local: { flow: state.flow, producer: m.local.producer, connection: m.local.connection } })
+          ctx.forward(m, { onward: forwardedRoute(state.route, m.onward), local: { flow: state.flow, producer: m.local.producer, connection: m.local.connection } })
         },
         ...(onStop === undefined ? {} : { onStop }),
       },
@@ -523,7 +532,7 @@ export class Node extends EventEmitter {
       this.drop('no-such-address', tlError('ERR_NO_SUCH_ADDRESS', `no worker at ${next.text}`), msg, next.text)
       return
     }
-    if (flow !== undefined && !entry.options.acceptsNetwork && !flow.allows(next) && !(flow.transit && entry.options.layer === 'transport')) {
+    if (flow !== undefined && flowRefuses(flow, entry, next)) {
       this.drop('flow-denied', tlError('ERR_ACCESS_DENIED', `${flow.id} does not allow ${next.text}`), msg, next.text)
       return
     }
@@ -569,7 +578,7 @@ export class Node extends EventEmitter {
         if (flow.version === undefined) return undefined
         flows.push(flow)
         versions.push(flow.version)
-        if (!entry.options.acceptsNetwork && !flow.allows(next) && !(flow.transit && entry.options.layer === 'transport')) return undefined
+        if (flowRefuses(flow, entry, next)) return undefined
       }
       if (entry.options.incoming !== undefined) return undefined
       const plan = { flows, versions, forwarders, routes, target: entry, onward: o, return: ret, local: loc }
@@ -583,7 +592,7 @@ export class Node extends EventEmitter {
       }
       if (entry.options.outgoing !== undefined || fw.route.length + o.length - 1 === 0) return undefined
       // what the forwarder does: its route, then the rest, under its own flow
-      o = [...fw.route, ...o.slice(1)]
+      o = forwardedRoute(fw.route, o)
       loc = { flow: fw.flow, producer: loc.producer, connection: loc.connection }
       forwarders.push(entry)
       routes.push(fw.route)

@@ -73,6 +73,7 @@ export abstract class BaseTransport implements RouterTransport {
   #dialing = new Map<string, PendingDial>()
   #persistent = new Map<string, Persistent>()
   #inbound = new Set<Connection>()
+  /** The last live connection connectionTo() found (a dialled connection is the only live one to its peer). */
   #lastRouted: { peer: string; conn: Connection } | undefined
   protected readonly listeners = new Set<Listener>()
   #stopped = false
@@ -105,8 +106,13 @@ export abstract class BaseTransport implements RouterTransport {
 
   /** The live dialled connection to `peer`, if any. */
   connectionTo(peer: string): Connection | undefined {
+    // the last answer, remembered: a stream of sends names the same peer (string) each time
+    const last = this.#lastRouted
+    if (last !== undefined && last.peer === peer && !last.conn.closed) return last.conn
     const c = this.#dialled.get(peer)
-    return c !== undefined && !c.closed ? c : undefined
+    if (c === undefined || c.closed) return undefined
+    this.#lastRouted = { peer, conn: c }
+    return c
   }
 
   // ---------------------------------------------------------------- routing
@@ -114,11 +120,8 @@ export abstract class BaseTransport implements RouterTransport {
   route(msg: Message): void {
     const next = msg.onward[0]!
     const peer = next.value
-    // the last peer routed to, remembered: a stream of sends names the same peer (string) each time
-    const last = this.#lastRouted
-    const conn = last !== undefined && last.peer === peer && !last.conn.closed ? last.conn : this.connectionTo(peer)
+    const conn = this.connectionTo(peer)
     if (conn !== undefined) {
-      if (last?.conn !== conn) this.#lastRouted = { peer, conn }
       this.#sendVia(conn, msg)
       return
     }
